@@ -1,0 +1,1 @@
+"""The ``siamese-keras`` command line, installed as ``keras_siamese.cli``."""

@@ -1,0 +1,80 @@
+"""TrainConfig: every setting of a training run, in one frozen dataclass.
+
+The command line maps its options onto these fields one to one, and the run folder
+keeps a copy as ``config.json`` so a run can be understood (and repeated) later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from keras_siamese.errors import ConfigError
+
+LOSSES = ("softmax", "contrastive", "bce", "triplet")
+DATASETS = ("mnist", "fashion_mnist")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run; invalid values raise :class:`ConfigError`."""
+
+    loss: str = "contrastive"
+    dataset: str = "mnist"
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    margin: float = 1.0
+    embedding_dim: int = 2
+    seed: int = 0
+    limit: int | None = None
+    data_dir: str | None = None
+    output_dir: str = "output"
+    log_dir: str = "logs"
+    run_name: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"
+            )
+        _require_positive("epochs", self.epochs)
+        _require_positive("batch size", self.batch_size)
+        _require_positive("learning rate", self.learning_rate)
+        _require_positive("margin", self.margin)
+        _require_positive("embedding dimension", self.embedding_dim)
+        if self.limit is not None:
+            _require_positive("limit", self.limit)
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.run_name is not None and (
+            not self.run_name or "/" in self.run_name or self.run_name.startswith(".")
+        ):
+            raise ConfigError(
+                f"run name {self.run_name!r} must be a plain folder name (no '/', not hidden)"
+            )
+
+    @property
+    def name(self) -> str:
+        """The run's folder name: ``--run-name`` or ``<loss>_<dataset>``."""
+        return self.run_name or f"{self.loss}_{self.dataset}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return Path(self.log_dir) / self.name
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def _require_positive(what: str, value) -> None:
+    if not value > 0:
+        raise ConfigError(f"{what} must be > 0, got {value}")

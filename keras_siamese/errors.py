@@ -1,0 +1,25 @@
+"""Exception types the library raises for problems a user can fix.
+
+The library never exits or prints; the command line (``cli``) turns these into one
+line on stderr and an exit code: 2 for a usage mistake, 1 for a runtime failure.
+"""
+
+
+class SiameseError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+    exit_code = 1
+
+
+class ConfigError(SiameseError):
+    """An option has a value that cannot work (bad margin, unknown loss, existing run...)."""
+
+    exit_code = 2
+
+
+class DataError(SiameseError):
+    """A dataset is missing, unreadable or fails its checksum."""
+
+
+class OutputError(SiameseError):
+    """An output folder cannot be created or written."""

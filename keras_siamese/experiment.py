@@ -1,0 +1,132 @@
+"""experiment.run(config): the one place that wires data, streams, models and losses.
+
+It trains the model chosen by ``config.loss`` and leaves in the run folder:
+``config.json``, ``history.csv``, ``model.keras``, ``embedding.png`` and ``metrics.json``;
+TensorBoard scalars go to ``<log_dir>/<run name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_siamese import models, streams
+from keras_siamese.callbacks import HistoryCSV
+from keras_siamese.config import TrainConfig
+from keras_siamese.data import balanced_subset, load_dataset
+from keras_siamese.losses import ContrastiveLoss, TripletLoss
+from keras_siamese.metrics import precision_at_1
+from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
+                                   write_json, write_text)
+from keras_siamese.plots import scatter_embeddings
+
+log = logging.getLogger(__name__)
+
+EMBED_BATCH = 1024  # batch for embedding whole splits: inference only, so larger is faster
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    log_dir: Path
+    metrics: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """What one loss needs: its model around the shared embedding net, loss, streams."""
+
+    model: keras.Model
+    loss: keras.losses.Loss
+    metrics: list
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+
+
+def _task(config: TrainConfig, embedding, data, x_train, y_train) -> _Task:
+    b, seed = config.batch_size, config.seed
+    if config.loss == "softmax":
+        return _Task(models.classifier_model(embedding, data.num_classes),
+                     keras.losses.SparseCategoricalCrossentropy(), ["sparse_categorical_accuracy"],
+                     streams.image_stream(x_train, y_train, b, seed),
+                     streams.evaluation_images(data.x_test, data.y_test, b))
+    if config.loss == "triplet":
+        return _Task(models.triplet_model(embedding), TripletLoss(config.margin), [],
+                     streams.triplet_stream(x_train, y_train, b, seed),
+                     streams.evaluation_triplets(data.x_test, data.y_test, b))
+    pairs = streams.pair_stream(x_train, y_train, b, seed)
+    evaluation = streams.evaluation_pairs(data.x_test, data.y_test, b)
+    if config.loss == "bce":
+        return _Task(models.bce_model(embedding), keras.losses.BinaryCrossentropy(),
+                     ["binary_accuracy"], pairs, evaluation)
+    return _Task(models.contrastive_model(embedding), ContrastiveLoss(config.margin), [],
+                 pairs, evaluation)
+
+
+def embed(embedding: keras.Model, images: np.ndarray) -> np.ndarray:
+    """Embeddings of uint8 images, in order."""
+    labels = np.zeros(len(images), np.int32)
+    dataset = streams.evaluation_images(images, labels, EMBED_BATCH).map(lambda x, _: x)
+    return embedding.predict(dataset, verbose=0)
+
+
+def run(config: TrainConfig) -> RunResult:
+    """Train one model as configured and write its run folder (see module doc)."""
+    run_dir, log_dir = config.run_dir, config.tensorboard_dir
+    check_run_folders([run_dir, log_dir], config.overwrite)
+    data = load_dataset(config.dataset, config.data_dir)  # before touching any old run
+    x_train, y_train = data.x_train, data.y_train
+    if config.limit is not None and config.limit < len(y_train):
+        x_train, y_train = balanced_subset(x_train, y_train, config.limit, config.seed)
+    create_run_folders([run_dir, log_dir], config.overwrite)
+    write_text(run_dir / "config.json", config.to_json())
+
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed
+    embedding = models.embedding_net(x_train.shape[1:], config.embedding_dim,
+                                     mean=float(x_train.mean()), std=float(x_train.std()))
+    task = _task(config, embedding, data, x_train, y_train)
+    steps = streams.steps_per_epoch(len(y_train), config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate,
+                                                      decay_steps=steps * config.epochs)
+    task.model.compile(optimizer=keras.optimizers.Adam(schedule), loss=task.loss,
+                       metrics=task.metrics)
+    log.info("training %s on %d %s images for %d epochs", task.model.name, len(y_train),
+             config.dataset, config.epochs)
+
+    started = time.perf_counter()
+    task.model.fit(
+        task.train, epochs=config.epochs, steps_per_epoch=steps,
+        validation_data=task.validation, shuffle=False,  # streams shuffle themselves
+        callbacks=[HistoryCSV(run_dir / "history.csv"),
+                   keras.callbacks.TensorBoard(str(log_dir), write_graph=False)],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    seconds_per_epoch = (time.perf_counter() - started) / config.epochs
+
+    with atomic_path(run_dir / "model.keras") as tmp:
+        task.model.save(tmp)
+    train_embeddings = embed(embedding, x_train)
+    test_embeddings = embed(embedding, data.x_test)
+    metrics = {
+        "precision_at_1": precision_at_1(test_embeddings, data.y_test,
+                                         train_embeddings, y_train),
+        "seconds_per_epoch": seconds_per_epoch,
+        "train_images": int(len(y_train)),
+        "test_images": int(len(data.y_test)),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    scatter_embeddings(
+        test_embeddings, data.y_test, data.class_names,
+        f"{config.name}: test embeddings after {config.epochs} epochs "
+        f"(P@1 {metrics['precision_at_1']:.4f})",
+        run_dir / "embedding.png",
+    )
+    return RunResult(run_dir, log_dir, metrics)

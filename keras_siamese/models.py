@@ -1,0 +1,77 @@
+"""The shared embedding network and the four models built around ONE instance of it.
+
+Every model takes raw pixels (float32, 0..255, shape H x W x C); normalisation is the
+embedding net's first layer, so exported models need no client-side preprocessing.
+The twin and triplet models call the same ``embedding`` sub-model on each input, so
+there is one set of weights, updated once per step from all branches.
+"""
+
+import keras
+
+from keras_siamese.layers import AbsoluteDifference, EuclideanDistance, TripletDistances
+
+
+def _prelu(name: str, shared_axes=None):
+    # PyTorch's PReLU starts at slope 0.25 (Keras at 0, a plain ReLU); keep the study's start.
+    return keras.layers.PReLU(keras.initializers.Constant(0.25), shared_axes=shared_axes,
+                              name=name)
+
+
+def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std=1.0):
+    """The study's EmbeddingNet (Bielski's siamese-triplet) as a Keras functional model.
+
+    Normalize((x - mean) / std) -> Conv 32 5x5, PReLU, MaxPool 2 -> Conv 64 5x5, PReLU,
+    MaxPool 2 -> Dense 256, PReLU -> Dense 256, PReLU -> Dense ``embedding_dim``.
+    """
+    image = keras.Input(input_shape, name="image")
+    x = keras.layers.Normalization(mean=mean, variance=float(std) ** 2, name="normalize")(image)
+    x = keras.layers.Conv2D(32, 5, name="conv1")(x)
+    x = _prelu("prelu1", shared_axes=[1, 2])(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(64, 5, name="conv2")(x)
+    x = _prelu("prelu2", shared_axes=[1, 2])(x)
+    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(256, name="fc1")(x)
+    x = _prelu("prelu3")(x)
+    x = keras.layers.Dense(256, name="fc2")(x)
+    x = _prelu("prelu4")(x)
+    embedding = keras.layers.Dense(embedding_dim, name="fc_embedding")(x)
+    return keras.Model(image, embedding, name="embedding")
+
+
+def _inputs(embedding, *names):
+    shape = embedding.input_shape[1:]
+    return [keras.Input(shape, name=name) for name in names]
+
+
+def classifier_model(embedding, num_classes: int):
+    """Softmax baseline: embedding -> PReLU -> Dense(num_classes, softmax)."""
+    (image,) = _inputs(embedding, "image")
+    x = _prelu("prelu_head")(embedding(image))
+    probabilities = keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)
+    return keras.Model(image, probabilities, name="classifier")
+
+
+def contrastive_model(embedding):
+    """Siamese twin for contrastive loss: (x1, x2) -> Euclidean distance, shape (batch, 1)."""
+    first, second = _inputs(embedding, "first", "second")
+    distance = EuclideanDistance(name="distance")([embedding(first), embedding(second)])
+    return keras.Model([first, second], distance, name="siamese_contrastive")
+
+
+def bce_model(embedding):
+    """Siamese twin for BCE (Koch 2015): |e1 - e2| -> Dense(1, sigmoid) = P(same class)."""
+    first, second = _inputs(embedding, "first", "second")
+    difference = AbsoluteDifference(name="abs_difference")([embedding(first), embedding(second)])
+    same = keras.layers.Dense(1, activation="sigmoid", name="same_probability")(difference)
+    return keras.Model([first, second], same, name="siamese_bce")
+
+
+def triplet_model(embedding):
+    """Triplet network: (anchor, positive, negative) -> [d(a, p), d(a, n)], shape (batch, 2)."""
+    anchor, positive, negative = _inputs(embedding, "anchor", "positive", "negative")
+    distances = TripletDistances(name="distances")(
+        [embedding(anchor), embedding(positive), embedding(negative)]
+    )
+    return keras.Model([anchor, positive, negative], distances, name="triplet")

@@ -1,0 +1,67 @@
+"""The run folder and atomic file writes.
+
+A file is written under a temporary name beside its target and moved into place with
+``os.replace``, so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from keras_siamese.errors import ConfigError, OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path (same folder and suffix) that becomes ``path`` on success."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path, value) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def check_run_folders(folders, overwrite: bool) -> None:
+    """Fail early, touching nothing, if a run folder exists (without overwrite) or cannot be
+    written; creating the missing parent roots (``output/``, ``logs/``) is harmless."""
+    for folder in map(Path, folders):
+        if folder.exists() and not overwrite:
+            raise ConfigError(f"{folder} already exists: pass --overwrite to replace it "
+                              "or --run-name to start another run")
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            probe = folder.parent / f".write-probe-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise OutputError(f"cannot write to {folder.parent}: {error.strerror or error}; "
+                              "choose another folder") from None
+
+
+def create_run_folders(folders, overwrite: bool) -> None:
+    """Create fresh, empty run folders (removing old ones only when overwrite is set)."""
+    for folder in map(Path, folders):
+        try:
+            if overwrite and folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise OutputError(f"cannot create {folder}: {error.strerror or error}") from None

@@ -1,0 +1,198 @@
+"""tf.data streams of pairs, triplets and labelled images for training and evaluation.
+
+Label convention for pairs: ``y = 1`` means the two images show the SAME class,
+``y = 0`` DIFFERENT classes.
+
+Training streams are endless and re-sampled every epoch: epoch ``e`` draws its
+indices from the stateless seed ``(seed, e)``, so a run is repeatable and can resume
+at any epoch. Every epoch has one example per training image (that image is the
+anchor), batched within the epoch, so ``steps_per_epoch(n, batch_size)`` batches of the
+stream are exactly one epoch. Evaluation streams are finite and drawn once from the
+test split with the fixed ``EVAL_SEED``, so every run is scored on the same examples.
+
+Only indices are sampled (vectorised TensorFlow ops, no per-example Python); images are
+gathered per batch from one in-memory uint8 tensor and cast to float32 raw pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from keras_siamese.errors import DataError
+
+EVAL_SEED = 20061984  # fixed: the evaluation examples never depend on the training seed
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class ClassIndex(NamedTuple):
+    """Lookup tables to draw same-class and other-class partners with vectorised ops.
+
+    ``order`` lists the example indices sorted by class; class ``c`` occupies
+    ``order[start[c] : start[c] + count[c]]`` and example ``i`` sits at
+    ``start[cls[i]] + rank[i]`` there.
+    """
+
+    cls: tf.Tensor  # (N,) class position 0..K-1 of each example
+    order: tf.Tensor
+    start: tf.Tensor
+    count: tf.Tensor
+    rank: tf.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.count.shape[0])
+
+
+def class_index(labels: np.ndarray) -> ClassIndex:
+    """Build the :class:`ClassIndex` of a label array; every class needs two or more examples."""
+    labels = np.asarray(labels)
+    classes, cls, count = np.unique(labels, return_inverse=True, return_counts=True)
+    if len(classes) < 2:
+        raise DataError(f"pairs and triplets need at least 2 classes, got {len(classes)}")
+    if count.min() < 2:
+        raise DataError(f"class {classes[count.argmin()]} has a single example: pairs and "
+                        "triplets need at least 2 per class")
+    order = np.argsort(cls, kind="stable")
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    rank = np.empty(len(cls), np.int64)
+    rank[order] = np.arange(len(cls)) - start[cls[order]]
+    return ClassIndex(*(tf.constant(a, tf.int32) for a in (cls, order, start, count, rank)))
+
+
+def _uniform_below(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """One uniform integer in [0, n) per element of ``n`` (int32), from a stateless seed."""
+    u = tf.random.stateless_uniform(tf.shape(n), seed, dtype=tf.float64)
+    return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float64)), tf.int32), n - 1)
+
+
+def _seed(seed: int, epoch, stream: int) -> tf.Tensor:
+    # A distinct stateless seed per (run seed, epoch, random draw).
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * 8 + stream])
+
+
+def _anchors(index: ClassIndex, seed: int, epoch) -> tf.Tensor:
+    """Every example once, in a fresh random order."""
+    u = tf.random.stateless_uniform(tf.shape(index.cls), _seed(seed, epoch, 0))
+    return tf.cast(tf.argsort(u), tf.int32)
+
+
+def _positives(index: ClassIndex, anchors, seed: int, epoch) -> tf.Tensor:
+    """Another example of the anchor's class, never the anchor itself."""
+    cls = tf.gather(index.cls, anchors)
+    count = tf.gather(index.count, cls)
+    # Skip 1..count-1 places ahead of the anchor within its class, wrapping around.
+    step = 1 + _uniform_below(count - 1, _seed(seed, epoch, 1))
+    slot = (tf.gather(index.rank, anchors) + step) % count
+    return tf.gather(index.order, tf.gather(index.start, cls) + slot)
+
+
+def _negatives(index: ClassIndex, anchors, seed: int, epoch) -> tf.Tensor:
+    """An example of a uniformly chosen other class."""
+    k = index.num_classes
+    cls = tf.gather(index.cls, anchors)
+    other = (cls + 1 + _uniform_below(tf.fill(tf.shape(cls), k - 1), _seed(seed, epoch, 2))) % k
+    slot = _uniform_below(tf.gather(index.count, other), _seed(seed, epoch, 3))
+    return tf.gather(index.order, tf.gather(index.start, other) + slot)
+
+
+def sample_pairs(index: ClassIndex, seed: int, epoch):
+    """One epoch of pairs: returns ``(first, second, same)``, ``same`` 1.0 for same class.
+
+    Each example is the first image once; exactly half the pairs (rounded up) are positive.
+    """
+    anchors = _anchors(index, seed, epoch)
+    is_positive = tf.range(tf.size(anchors)) % 2 == 0
+    partners = tf.where(is_positive, _positives(index, anchors, seed, epoch),
+                        _negatives(index, anchors, seed, epoch))
+    return anchors, partners, tf.cast(is_positive, tf.float32)
+
+
+def sample_triplets(index: ClassIndex, seed: int, epoch):
+    """One epoch of triplets ``(anchor, positive, negative)``, each example the anchor once."""
+    anchors = _anchors(index, seed, epoch)
+    return (anchors, _positives(index, anchors, seed, epoch),
+            _negatives(index, anchors, seed, epoch))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return math.ceil(num_examples / batch_size)
+
+
+def _gatherer(images: np.ndarray):
+    pixels = tf.constant(images)  # uint8, kept once in memory; batches are gathered from it
+
+    def gather(idx):
+        return tf.cast(tf.gather(pixels, idx), tf.float32)
+
+    return gather
+
+
+def _endless(epoch_sample, batch_size: int, start_epoch: int) -> tf.data.Dataset:
+    """Epochs start_epoch, start_epoch+1, ... each sampled afresh and batched on its own."""
+    epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
+    return epochs.flat_map(
+        lambda epoch: tf.data.Dataset.from_tensor_slices(epoch_sample(epoch)).batch(batch_size)
+    )
+
+
+def _finish(dataset: tf.data.Dataset, to_element) -> tf.data.Dataset:
+    return dataset.map(to_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _pair_element(gather):
+    return lambda first, second, same: ((gather(first), gather(second)), same)
+
+
+def _triplet_element(gather):
+    # Triplet losses ignore y_true; Keras still wants one, so it is a zero per triplet.
+    return lambda a, p, n: ((gather(a), gather(p), gather(n)), tf.zeros(tf.shape(a), tf.float32))
+
+
+def pair_stream(images, labels, batch_size: int, seed: int, start_epoch: int = 0):
+    """Endless training pairs ``((x1, x2), y)``, y = 1 same class, 0 different."""
+    index = class_index(labels)
+    stream = _endless(lambda e: sample_pairs(index, seed, e), batch_size, start_epoch)
+    return _finish(stream, _pair_element(_gatherer(images)))
+
+
+def triplet_stream(images, labels, batch_size: int, seed: int, start_epoch: int = 0):
+    """Endless training triplets ``((anchor, positive, negative), 0)``."""
+    index = class_index(labels)
+    stream = _endless(lambda e: sample_triplets(index, seed, e), batch_size, start_epoch)
+    return _finish(stream, _triplet_element(_gatherer(images)))
+
+
+def image_stream(images, labels, batch_size: int, seed: int, start_epoch: int = 0):
+    """Endless shuffled training batches ``(x, label)`` for the classifier."""
+    label_tensor = tf.constant(np.asarray(labels), tf.int32)
+    index = class_index(labels)
+    stream = _endless(lambda e: _anchors(index, seed, e), batch_size, start_epoch)
+    gather = _gatherer(images)
+    return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
+
+
+def evaluation_pairs(images, labels, batch_size: int):
+    """The fixed evaluation pairs ``((x1, x2), y)`` drawn from (test) images with EVAL_SEED."""
+    sample = sample_pairs(class_index(labels), EVAL_SEED, 0)
+    stream = tf.data.Dataset.from_tensor_slices(sample).batch(batch_size)
+    return _finish(stream, _pair_element(_gatherer(images)))
+
+
+def evaluation_triplets(images, labels, batch_size: int):
+    """The fixed evaluation triplets ``((anchor, positive, negative), 0)`` from EVAL_SEED."""
+    sample = sample_triplets(class_index(labels), EVAL_SEED, 0)
+    stream = tf.data.Dataset.from_tensor_slices(sample).batch(batch_size)
+    return _finish(stream, _triplet_element(_gatherer(images)))
+
+
+def evaluation_images(images, labels, batch_size: int):
+    """All images ``(x, label)`` in their stored order."""
+    stream = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(labels), dtype=np.int32), np.asarray(labels, np.int32))
+    ).batch(batch_size)
+    gather = _gatherer(images)
+    return _finish(stream, lambda idx, label: (gather(idx), label))
