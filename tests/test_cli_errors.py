@@ -1,0 +1,73 @@
+"""Every bad input gives one clear line, a non-zero exit, no traceback, and touches nothing."""
+
+import pytest
+
+from helpers import error_lines, run_cli
+
+CASES = [
+    (["--loss", "hinge"], 2, "'hinge' is not one of"),
+    (["--dataset", "cifar10"], 2, "'cifar10' is not one of"),
+    (["--margin", "0"], 2, "margin must be > 0"),
+    (["--margin", "-1"], 2, "margin must be > 0"),
+    (["--epochs", "0"], 2, "epochs must be > 0"),
+    (["--batch-size", "-4"], 2, "batch size must be > 0"),
+    (["--learning-rate", "0"], 2, "learning rate must be > 0"),
+    (["--epochs", "two"], 2, "'two' is not a valid integer"),
+    (["--run-name", "../escape"], 2, "plain folder name"),
+    (["--data-dir", "/nonexistent/mnist"], 1, "not a readable folder"),
+]
+
+
+@pytest.mark.parametrize("args,code,message", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_option(tmp_path, args, code, message):
+    result = run_cli("train", "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs",
+                     *args)
+    assert result.returncode == code, result.stderr[-2000:]
+    lines = error_lines(result)
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("train", "--output-dir", blocker / "out", "--log-dir", tmp_path / "logs")
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and "cannot write to" in lines[0]
+    assert blocker.read_text() == "not a folder"
+
+
+def test_existing_run_is_not_touched(tmp_path):
+    run = tmp_path / "out" / "contrastive_mnist"
+    run.mkdir(parents=True)
+    (run / "model.keras").write_text("earlier result")
+    result = run_cli("train", "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs")
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and "already exists: pass --overwrite" in lines[0]
+    assert (run / "model.keras").read_text() == "earlier result"
+    assert not (tmp_path / "logs" / "contrastive_mnist").exists()
+
+
+def test_missing_data_keeps_an_existing_run_even_with_overwrite(tmp_path):
+    run = tmp_path / "out" / "contrastive_mnist"
+    run.mkdir(parents=True)
+    (run / "model.keras").write_text("earlier result")
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    result = run_cli("train", "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs",
+                     "--data-dir", empty, "--overwrite")
+    assert result.returncode == 1
+    assert "has no train-images idx file" in error_lines(result)[0]
+    assert (run / "model.keras").read_text() == "earlier result"
+
+
+def test_help_explains_every_option():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    for option in ["--loss", "--dataset", "--epochs", "--batch-size", "--learning-rate",
+                   "--margin", "--embedding-dim", "--seed", "--limit", "--data-dir",
+                   "--output-dir", "--log-dir", "--run-name", "--overwrite"]:
+        assert option in result.stdout
