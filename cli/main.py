@@ -52,6 +52,20 @@ def app():
               help="Name of the run folder  [default: <loss>_<dataset>]")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing run folder of the same name.")
+@click.option("--frames/--no-frames", default=True, show_default=True,
+              help="Plot the latent space of fixed test images before training and after "
+                   "every epoch (frames/*.png, latent.gif, latent_embeddings.npz).")
+@click.option("--frame-images", type=int, default=2000, show_default=True,
+              help="Number of fixed test images (same number per class, same in every run) "
+                   "shown by the frames and the TensorBoard projector.")
+@click.option("--gif-frame-ms", type=int, default=500, show_default=True,
+              help="Duration of one GIF frame in milliseconds (the last is held 4x).")
+@click.option("--projector/--no-projector", default=True, show_default=True,
+              help="Write TensorBoard projector data (embeddings, labels, image sprite) into "
+                   "<log-dir>/<run>/projector after the last epoch.")
+@click.option("--projector-every", type=int, default=0, show_default=True,
+              help="Also write the projector every K epochs (one entry per epoch); "
+                   "0: only after the last epoch.")
 def train(**options):
     """Train a model and write its run folder.
 
@@ -62,14 +76,49 @@ def train(**options):
 
     result = experiment.run(config)
     click.echo(f"P@1 (test vs train, 1-NN): {result.metrics['precision_at_1']:.4f}")
-    click.echo(f"run folder: {result.run_dir}  (config.json, history.csv, model.keras, "
-               "embedding.png, metrics.json)")
-    click.echo(f"TensorBoard: tensorboard --logdir {result.log_dir.parent}")
+    outputs = "config.json, history.csv, model.keras, embedding.png, metrics.json"
+    if config.frames:
+        outputs += ", latent.gif, frames/, latent_embeddings.npz"
+    click.echo(f"run folder: {result.run_dir}  ({outputs})")
+    board = "scalars" + (", projector" if config.projector else "")
+    click.echo(f"TensorBoard ({board}): tensorboard --logdir {result.log_dir.parent}")
+
+
+@app.command()
+@click.argument("run_folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--frame-ms", type=int, default=500, show_default=True,
+              help="Duration of one frame in milliseconds (the last is held 4x).")
+def gif(run_folder, frame_ms):
+    """Redraw a run's latent-space frames and latent.gif.
+
+    Works on finished and interrupted runs: it reads RUN_FOLDER/latent_embeddings.npz.
+
+    Example: siamese-keras gif output/contrastive_mnist --frame-ms 300
+    """
+    from keras_siamese.latent import make_gif
+
+    click.echo(f"GIF: {make_gif(run_folder, frame_ms)}")
+
+
+@app.command()
+@click.option("--out", type=click.Path(file_okay=False), default="output/diagrams",
+              show_default=True, help="Folder for the diagram PNGs.")
+def diagram(out):
+    """Draw the architecture of every model (needs graphviz and pydot).
+
+    Example: siamese-keras diagram --out output/diagrams
+    """
+    from keras_siamese.diagrams import draw_models
+
+    paths = draw_models(out)
+    click.echo(f"diagrams: {', '.join(str(p) for p in paths)}")
 
 
 def main(argv=None) -> int:
     """Console-script entry point; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # TensorFlow's Python INFO lines (one per checkpoint saved, ...) are not ours to show.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         app.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as help_shown:

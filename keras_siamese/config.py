@@ -34,6 +34,11 @@ class TrainConfig:
     log_dir: str = "logs"
     run_name: str | None = None
     overwrite: bool = False
+    frames: bool = True  # latent frames and GIF
+    frame_images: int = 2000  # fixed test images shown by the frames and the projector
+    gif_frame_ms: int = 500
+    projector: bool = True
+    projector_every: int = 0  # also log the projector every K epochs; 0: only at the end
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -51,6 +56,10 @@ class TrainConfig:
             _require_positive("limit", self.limit)
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        _require_positive("--frame-images", self.frame_images)
+        _require_positive("--gif-frame-ms", self.gif_frame_ms)
+        if self.projector_every < 0:
+            raise ConfigError(f"--projector-every must be >= 0, got {self.projector_every}")
         if self.run_name is not None and (
             not self.run_name or "/" in self.run_name or self.run_name.startswith(".")
         ):

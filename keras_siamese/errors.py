@@ -23,3 +23,7 @@ class DataError(SiameseError):
 
 class OutputError(SiameseError):
     """An output folder cannot be created or written."""
+
+
+class MissingDependencyError(SiameseError):
+    """A program or package this feature needs (graphviz, pydot, chromium...) is not installed."""

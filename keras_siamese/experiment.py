@@ -1,8 +1,11 @@
 """experiment.run(config): the one place that wires data, streams, models and losses.
 
 It trains the model chosen by ``config.loss`` and leaves in the run folder:
-``config.json``, ``history.csv``, ``model.keras``, ``embedding.png`` and ``metrics.json``;
-TensorBoard scalars go to ``<log_dir>/<run name>``.
+``config.json``, ``history.csv``, ``model.keras``, ``embedding.png`` and ``metrics.json``,
+plus the latent-space frames (``frames/``, ``latent.gif``, ``latent_embeddings.npz``, see
+:mod:`keras_siamese.latent`). TensorBoard scalars go to ``<log_dir>/<run name>/train`` and
+``/validation``, projector data to ``<log_dir>/<run name>/projector``
+(:mod:`keras_siamese.projector`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese import models, streams
+from keras_siamese import latent, models, projector, streams
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import balanced_subset, load_dataset
@@ -70,6 +73,19 @@ def _task(config: TrainConfig, embedding, data, x_train, y_train) -> _Task:
                  pairs, evaluation)
 
 
+def _callbacks(config: TrainConfig, embedding, shown: latent.FrameImages) -> list:
+    """Records written while training: history, TensorBoard scalars, frames, projector."""
+    callbacks = [HistoryCSV(config.run_dir / "history.csv"),
+                 keras.callbacks.TensorBoard(str(config.tensorboard_dir), write_graph=False)]
+    if config.frames:
+        callbacks.append(latent.LatentFrames(embedding, shown, config.run_dir, config.name,
+                                             config.gif_frame_ms))
+    if config.projector:
+        callbacks.append(projector.ProjectorLog(embedding, shown, config.tensorboard_dir,
+                                                config.projector_every))
+    return callbacks
+
+
 def embed(embedding: keras.Model, images: np.ndarray) -> np.ndarray:
     """Embeddings of uint8 images, in order."""
     labels = np.zeros(len(images), np.int32)
@@ -85,6 +101,7 @@ def run(config: TrainConfig) -> RunResult:
     x_train, y_train = data.x_train, data.y_train
     if config.limit is not None and config.limit < len(y_train):
         x_train, y_train = balanced_subset(x_train, y_train, config.limit, config.seed)
+    shown = latent.frame_images(data, config.frame_images)  # checked before any folder is made
     create_run_folders([run_dir, log_dir], config.overwrite)
     write_text(run_dir / "config.json", config.to_json())
 
@@ -105,8 +122,7 @@ def run(config: TrainConfig) -> RunResult:
     task.model.fit(
         task.train, epochs=config.epochs, steps_per_epoch=steps,
         validation_data=task.validation, shuffle=False,  # streams shuffle themselves
-        callbacks=[HistoryCSV(run_dir / "history.csv"),
-                   keras.callbacks.TensorBoard(str(log_dir), write_graph=False)],
+        callbacks=_callbacks(config, embedding, shown),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds_per_epoch = (time.perf_counter() - started) / config.epochs

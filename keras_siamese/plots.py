@@ -12,19 +12,34 @@ import numpy as np  # noqa: E402
 CLASS_COLOURS = plt.get_cmap("tab10").colors
 
 
-def project_2d(embeddings: np.ndarray) -> tuple[np.ndarray, str]:
-    """The 2-D view of embeddings: as they are for 2-D, else the first two PCA components."""
-    if embeddings.shape[1] == 2:
+def pca_basis(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and first two principal directions (2 x D) of embeddings, for project_2d."""
+    mean = embeddings.mean(axis=0)
+    _, _, components = np.linalg.svd(embeddings - mean, full_matrices=False)
+    return mean, components[:2]
+
+
+def project_2d(embeddings: np.ndarray, basis=None) -> tuple[np.ndarray, str]:
+    """The 2-D view of embeddings and a note saying how it was made.
+
+    2-D embeddings are shown as they are, 1-D ones on a line (y = 0), wider ones as their
+    first two PCA components. ``basis`` (from :func:`pca_basis`) fixes the projection, e.g.
+    one for every frame of a run; by default it is fitted on ``embeddings`` themselves.
+    """
+    dim = embeddings.shape[1]
+    if dim == 2:
         return embeddings, ""
-    centred = embeddings - embeddings.mean(axis=0)
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    return centred @ components[:2].T, f"PCA projection of {embeddings.shape[1]}-D embeddings"
+    if dim == 1:
+        return np.column_stack([embeddings[:, 0], np.zeros(len(embeddings))]), "1-D embeddings"
+    mean, components = basis if basis is not None else pca_basis(embeddings)
+    return (embeddings - mean) @ components.T, f"PCA projection of {dim}-D embeddings"
 
 
 def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits=None):
     """Save a scatter plot of 2-D (or PCA-projected) embeddings coloured by class.
 
     ``limits`` ((xmin, xmax), (ymin, ymax)) fixes the axes, e.g. to share them across frames.
+    Returns the axis limits the plot was drawn with, in the same form.
     """
     points, projection = project_2d(np.asarray(embeddings))
     labels = np.asarray(labels)
@@ -42,5 +57,7 @@ def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits
     for handle in legend.legend_handles:
         handle.set_alpha(1.0)
     fig.tight_layout()
+    drawn = (ax.get_xlim(), ax.get_ylim())
     fig.savefig(path)
     plt.close(fig)
+    return drawn
