@@ -17,6 +17,26 @@ from keras_siamese.errors import SiameseError
 PROG = "siamese-keras"
 
 
+def _class_list(ctx, param, value) -> tuple[int, ...]:
+    """'7,8,9' -> (7, 8, 9); '' -> ()."""
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of class "
+                                 "numbers") from None
+
+
+def _choices(allowed):
+    """A callback that splits 'a,b' and checks every part is one of ``allowed``."""
+    def check(ctx, param, value) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in value.split(",") if part.strip())
+        unknown = [part for part in chosen if part not in allowed]
+        if unknown or not chosen:
+            raise click.BadParameter(f"{value!r}: choose from {', '.join(allowed)}")
+        return chosen
+    return check
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def app():
     """Siamese networks and friends: metric learning on MNIST and Fashion-MNIST."""
@@ -66,6 +86,12 @@ def app():
 @click.option("--projector-every", type=int, default=0, show_default=True,
               help="Also write the projector every K epochs (one entry per epoch); "
                    "0: only after the last epoch.")
+@click.option("--holdout-classes", callback=_class_list, default="", metavar="C1,C2,...",
+              help="Leave these class numbers out of training and report the metrics on "
+                   "them separately (e.g. 7,8,9): the one-shot setting.")
+@click.option("--eval-every", type=int, default=0, show_default=True,
+              help="Also log the embedding metrics to TensorBoard every K epochs "
+                   "(they are always computed after the last one).")
 def train(**options):
     """Train a model and write its run folder.
 
@@ -73,15 +99,95 @@ def train(**options):
     """
     config = TrainConfig(**options)
     from keras_siamese import experiment  # TensorFlow loads only when there is work to do
+    from keras_siamese.evaluation import format_table
 
     result = experiment.run(config)
-    click.echo(f"P@1 (test vs train, 1-NN): {result.metrics['precision_at_1']:.4f}")
+    click.echo(format_table(result.metrics))
     outputs = "config.json, history.csv, model.keras, embedding.png, metrics.json"
     if config.frames:
         outputs += ", latent.gif, frames/, latent_embeddings.npz"
     click.echo(f"run folder: {result.run_dir}  ({outputs})")
     board = "scalars" + (", projector" if config.projector else "")
     click.echo(f"TensorBoard ({board}): tensorboard --logdir {result.log_dir.parent}")
+
+
+@app.command()
+@click.argument("run_folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead.")
+def evaluate(run_folder, as_json):
+    """Score a finished run: print its metrics and rewrite its metrics.json.
+
+    Uses the run's config.json (dataset, --limit, --holdout-classes, seed), so the figures
+    equal those training wrote.
+
+    Example: siamese-keras evaluate output/contrastive_mnist
+    """
+    import json
+    from pathlib import Path
+
+    from keras_siamese import evaluation
+    from keras_siamese.data import load_dataset
+    from keras_siamese.outputs import write_json
+
+    run_dir = Path(run_folder)
+    settings = evaluation.read_json(run_dir / "config.json")
+    embedding = evaluation.load_embedding(run_dir)  # checked before the data is loaded
+    data = load_dataset(settings["dataset"], settings.get("data_dir"))
+    sets = evaluation.evaluation_sets(data, settings.get("holdout_classes", ()),
+                                      settings.get("limit"), settings.get("seed", 0))
+    metrics = evaluation.evaluate(embedding, sets)
+    earlier = run_dir / "metrics.json"
+    if earlier.is_file():  # a training figure, not an evaluation one: keep it
+        seconds = evaluation.read_json(earlier).get("seconds_per_epoch")
+        if seconds is not None:
+            metrics["seconds_per_epoch"] = seconds
+    metrics = evaluation.to_json(metrics)
+    write_json(earlier, metrics)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        click.echo(evaluation.format_table(metrics, data.class_names))
+        click.echo(f"written: {earlier}")
+
+
+@app.command()
+@click.option("--losses", callback=_choices(LOSSES), default=",".join(LOSSES),
+              show_default=True, help="Comma-separated losses (columns of the grid).")
+@click.option("--datasets", callback=_choices(DATASETS), default=",".join(DATASETS),
+              show_default=True, help="Comma-separated datasets (rows of the grid).")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Epochs of every run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every run.")
+@click.option("--limit", type=int, default=None,
+              help="Train every run on a class-balanced subset of N images (quick grids).")
+@click.option("--output-dir", type=click.Path(), default="output/reproduce", show_default=True,
+              help="Folder of the grid's run folders and its results page.")
+@click.option("--log-dir", type=click.Path(), default="logs/reproduce", show_default=True,
+              help="Root of the grid's TensorBoard run folders.")
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="Folder with the idx files (or a TFDS data dir) to load from.")
+@click.option("--overwrite", is_flag=True,
+              help="Retrain every run, even those an earlier grid finished.")
+def reproduce(losses, datasets, epochs, seed, limit, output_dir, log_dir, data_dir, overwrite):
+    """Train the study's grid (every loss on every dataset) and write its results page.
+
+    Writes OUTPUT_DIR/results.md, results.png (the embedding plots with P@1, MAP@R and
+    one-shot accuracy under each) and results.json. Runs an earlier grid finished with the
+    same settings are kept, so an interrupted grid continues.
+
+    Example: siamese-keras reproduce --epochs 10
+    """
+    from keras_siamese.reproduce import grid_configs, reproduce as run_grid
+
+    configs = grid_configs(losses, datasets, epochs=epochs, seed=seed, limit=limit,
+                           output_dir=output_dir, log_dir=log_dir, data_dir=data_dir,
+                           overwrite=overwrite)
+    command = (f"{PROG} reproduce --losses {','.join(losses)} --datasets {','.join(datasets)} "
+               f"--epochs {epochs} --seed {seed}" + (f" --limit {limit}" if limit else ""))
+    rows = run_grid(configs, output_dir, command, echo=click.echo)
+    for row in rows:
+        click.echo(f"{row['dataset']:<14} {row['loss']:<12} P@1 {row['precision_at_1']:.4f}  "
+                   f"MAP@R {row['map_at_r']:.4f}")
+    click.echo(f"results: {output_dir}/results.md, results.png, results.json")
 
 
 @app.command()

@@ -39,6 +39,8 @@ class TrainConfig:
     gif_frame_ms: int = 500
     projector: bool = True
     projector_every: int = 0  # also log the projector every K epochs; 0: only at the end
+    holdout_classes: tuple[int, ...] = ()  # classes left out of training, scored apart
+    eval_every: int = 0  # also log the metrics to TensorBoard every K epochs; 0: only at the end
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -60,6 +62,8 @@ class TrainConfig:
         _require_positive("--gif-frame-ms", self.gif_frame_ms)
         if self.projector_every < 0:
             raise ConfigError(f"--projector-every must be >= 0, got {self.projector_every}")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
         if self.run_name is not None and (
             not self.run_name or "/" in self.run_name or self.run_name.startswith(".")
         ):

@@ -1,6 +1,7 @@
 """TensorBoard projector and scalars, read back through a real ``tensorboard`` server."""
 
 import io
+import json
 import math
 import os
 import shutil
@@ -41,6 +42,7 @@ def board(tmp_path_factory):
     root = tmp_path_factory.mktemp("projector")
     result = run_cli("train", "--loss", "bce", "--epochs", EPOCHS, "--limit", 500,
                      "--batch-size", 64, "--frame-images", FRAME_IMAGES, "--projector-every", 1,
+                     "--eval-every", 1,
                      "--output-dir", root / "out", "--log-dir", root / "logs")
     assert result.returncode == 0, result.stderr[-3000:]
     with tensorboard(root / "logs", timeout=60) as url:
@@ -51,8 +53,8 @@ def board(tmp_path_factory):
 def test_only_the_projector_folder_is_a_projector_run(board):
     url, _ = board
     assert get_json(f"{url}/data/plugin/projector/runs") == [f"{RUN}/projector"]
-    assert sorted(get_json(f"{url}/data/runs")) == [f"{RUN}/projector", f"{RUN}/train",
-                                                    f"{RUN}/validation"]
+    assert sorted(get_json(f"{url}/data/runs")) == [f"{RUN}/metrics", f"{RUN}/projector",
+                                                    f"{RUN}/train", f"{RUN}/validation"]
 
 
 def test_one_entry_per_epoch_with_the_stored_embeddings(board):
@@ -101,6 +103,18 @@ def test_scalars_for_every_loss_and_metric_train_and_validation(board):
         for tag in ("epoch_loss", "epoch_binary_accuracy"):
             points = get_json(f"{url}/data/plugin/scalars/scalars?run={RUN}/{split}&tag={tag}")
             assert [step for _, step, _ in points] == list(range(EPOCHS))
+
+
+def test_embedding_metrics_every_epoch_end_with_those_of_metrics_json(board):
+    url, run_dir = board
+    written = json.loads((run_dir / "metrics.json").read_text())
+    tags = get_json(f"{url}/data/plugin/scalars/tags")[f"{RUN}/metrics"]
+    assert {f"metrics/{name}" for name in ("precision_at_1", "map_at_r", "roc_auc",
+                                            "one_shot_10way")} <= set(tags)
+    for name in ("precision_at_1", "map_at_r", "one_shot_10way"):
+        points = get_json(f"{url}/data/plugin/scalars/scalars?run={RUN}/metrics&tag=metrics/{name}")
+        assert [step for _, step, _ in points] == list(range(1, EPOCHS + 1))  # --eval-every 1
+        assert points[-1][2] == pytest.approx(written[name], abs=1e-6)  # stored as float32
 
 
 def test_a_running_tensorboard_shows_entries_written_later(tmp_path, mnist):
