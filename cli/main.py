@@ -92,6 +92,9 @@ def app():
 @click.option("--eval-every", type=int, default=0, show_default=True,
               help="Also log the embedding metrics to TensorBoard every K epochs "
                    "(they are always computed after the last one).")
+@click.option("--export/--no-export", default=True, show_default=True,
+              help="Export the embedding net as a TensorFlow SavedModel "
+                   "(<run folder>/saved_model) for serving without this package.")
 def train(**options):
     """Train a model and write its run folder.
 
@@ -104,6 +107,8 @@ def train(**options):
     result = experiment.run(config)
     click.echo(format_table(result.metrics))
     outputs = "config.json, history.csv, model.keras, embedding.png, metrics.json"
+    if config.export:
+        outputs += ", saved_model/"
     if config.frames:
         outputs += ", latent.gif, frames/, latent_embeddings.npz"
     click.echo(f"run folder: {result.run_dir}  ({outputs})")
@@ -188,6 +193,50 @@ def reproduce(losses, datasets, epochs, seed, limit, output_dir, log_dir, data_d
         click.echo(f"{row['dataset']:<14} {row['loss']:<12} P@1 {row['precision_at_1']:.4f}  "
                    f"MAP@R {row['map_at_r']:.4f}")
     click.echo(f"results: {output_dir}/results.md, results.png, results.json")
+
+
+@app.command("export")
+@click.argument("run_folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(), default=None,
+              help="Folder of the SavedModel  [default: RUN_FOLDER/saved_model]")
+def export_command(run_folder, out):
+    """Export a finished run's embedding net as a TensorFlow SavedModel.
+
+    Signatures: serving_default (image -> embedding), distance (first, second -> distance),
+    and for BCE runs same_probability. Inputs are raw pixels, float32 0..255.
+
+    Example: siamese-keras export output/contrastive_mnist --out /srv/models/digits/1
+    """
+    from keras_siamese.export import export_run
+
+    path = export_run(run_folder, out)
+    click.echo(f"SavedModel: {path}  (inspect: saved_model_cli show --all --dir {path})")
+
+
+@app.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Output file: .csv (name,e0,e1,... per input) or .npy (with the input "
+                   "names in OUT.names.txt).")
+@click.option("--invert", is_flag=True,
+              help="Use 255 - pixel: for dark strokes on light paper (MNIST is light on dark).")
+def embed(model, inputs, out, invert):
+    """Embed images with a trained model.
+
+    MODEL is a run folder, a .keras file or an exported SavedModel folder. INPUTS are
+    PNG/JPEG files, folders of them, or .npy arrays (N, H, W[, C]) of raw pixels 0..255;
+    images are converted to the model's channels and resized to its input size.
+
+    Example: siamese-keras embed output/contrastive_mnist digits/ --out digits.csv
+    """
+    from keras_siamese.embed import Embedder, check_output, read_inputs, write_embeddings
+
+    check_output(out)  # before the model loads
+    embedder = Embedder(model)
+    images, names = read_inputs(inputs, embedder.input_shape, invert)
+    written = write_embeddings(out, embedder(images), names)
+    click.echo(f"embedded {len(names)} images: {', '.join(map(str, written))}")
 
 
 @app.command()

@@ -41,6 +41,7 @@ class TrainConfig:
     projector_every: int = 0  # also log the projector every K epochs; 0: only at the end
     holdout_classes: tuple[int, ...] = ()  # classes left out of training, scored apart
     eval_every: int = 0  # also log the metrics to TensorBoard every K epochs; 0: only at the end
+    export: bool = True  # write the embedding net as a SavedModel (run_dir/saved_model)
 
     def __post_init__(self):
         if self.loss not in LOSSES:

@@ -1,8 +1,8 @@
 """experiment.run(config): the one place that wires data, streams, models and losses.
 
 It trains the model chosen by ``config.loss`` and leaves in the run folder:
-``config.json``, ``history.csv``, ``model.keras``, ``embedding.png`` and ``metrics.json``,
-plus the latent-space frames (``frames/``, ``latent.gif``, ``latent_embeddings.npz``, see
+``config.json``, ``history.csv``, ``model.keras``, ``embedding.png``, ``metrics.json``, the
+SavedModel ``saved_model/`` (:mod:`keras_siamese.export`), plus the latent-space frames (``frames/``, ``latent.gif``, ``latent_embeddings.npz``, see
 :mod:`keras_siamese.latent`). TensorBoard scalars go to ``<log_dir>/<run name>/train`` and
 ``/validation``, the embedding metrics (:mod:`keras_siamese.evaluation`) to ``/metrics``,
 projector data to ``/projector`` (:mod:`keras_siamese.projector`).
@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_siamese import evaluation, latent, models, projector, streams
+from keras_siamese import evaluation, export, latent, models, projector, streams
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import load_dataset
@@ -131,6 +131,8 @@ def run(config: TrainConfig) -> RunResult:
 
     with atomic_path(run_dir / "model.keras") as tmp:
         task.model.save(tmp)
+    if config.export:
+        export.export_saved_model(task.model, run_dir / export.SAVED_MODEL)
     metrics = evaluation.evaluate(embedding, sets)
     evaluation.log_scalars(metrics_writer, metrics, config.epochs)
     metrics_writer.close()

@@ -44,9 +44,13 @@ def grid_configs(losses, datasets, **settings) -> list[TrainConfig]:
 
 
 def _finished(config: TrainConfig) -> dict | None:
-    """The metrics of an earlier run with exactly these settings, if it finished."""
+    """The metrics of an earlier run with exactly these settings, if it finished.
+
+    Settings added to TrainConfig after that run was made count as their defaults."""
+    defaults = json.loads(TrainConfig().to_json())
+
     def settings(text: str) -> dict:
-        return {k: v for k, v in json.loads(text).items() if k != "overwrite"}
+        return {k: v for k, v in {**defaults, **json.loads(text)}.items() if k != "overwrite"}
 
     try:
         if settings((config.run_dir / "config.json").read_text()) != settings(config.to_json()):

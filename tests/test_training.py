@@ -35,7 +35,8 @@ def test_every_loss_trains_and_leaves_a_complete_run_folder(tmp_path, loss, mnis
     result = train(tmp_path, "--loss", loss, "--dataset", "mnist", *QUICK)
     run = tmp_path / "out" / f"{loss}_mnist"
     assert str(run) in result.stdout
-    for name in ["config.json", "history.csv", "model.keras", "embedding.png", "metrics.json"]:
+    for name in ["config.json", "history.csv", "model.keras", "embedding.png", "metrics.json",
+                 "saved_model/saved_model.pb"]:
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["loss"] == loss and config["limit"] == 500

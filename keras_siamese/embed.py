@@ -1,0 +1,168 @@
+"""Embed a user's own images with a trained model: ``siamese-keras embed``.
+
+Inputs are PNG/JPEG files, folders of them (sorted by name, not recursive) or ``.npy``
+arrays of images (N, H, W) or (N, H, W, C) holding raw pixels 0..255. Images are
+converted the way the model needs them: to grayscale or RGB by its channel count and
+resized (bilinear) to its input size. MNIST-like models expect light strokes on a dark
+background; ``invert`` turns dark-on-light scans around (pixel -> 255 - pixel).
+
+The model is a run folder (its ``model.keras``), a ``.keras`` file, or an exported
+SavedModel folder (:mod:`keras_siamese.export`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from keras_siamese.errors import ConfigError, DataError, OutputError
+from keras_siamese.outputs import atomic_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+OUTPUT_SUFFIXES = (".npy", ".csv")
+BATCH = 256
+
+
+class Embedder:
+    """A loaded model: ``input_shape`` (H, W, C) and ``__call__(images) -> embeddings``."""
+
+    def __init__(self, model_path):
+        import tensorflow as tf
+
+        path = Path(model_path)
+        if (path / "saved_model.pb").is_file():
+            serve = tf.saved_model.load(str(path)).signatures.get("serving_default")
+            if serve is None:
+                raise DataError(f"{path} has no serving_default signature")
+            ((name, spec),) = serve.structured_input_signature[1].items()
+            self.input_shape = tuple(spec.shape[1:])
+            self._embed = lambda x: next(iter(serve(**{name: tf.constant(x)}).values())).numpy()
+            return
+        if path.is_dir():
+            path = path / "model.keras"
+        if path.suffix != ".keras" or not path.is_file():
+            raise ConfigError(f"{model_path}: not a run folder, .keras file or SavedModel folder")
+        import keras
+
+        import keras_siamese  # noqa: F401  (registers the custom layers and losses)
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except (OSError, ValueError, KeyError) as error:
+            raise DataError(f"cannot load {path}: {error}") from None
+        embedding = model if model.name == "embedding" else model.get_layer("embedding")
+        self.input_shape = tuple(embedding.input_shape[1:])
+        self._embed = lambda x: embedding(x, training=False).numpy()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._embed(images[i:i + BATCH])
+                               for i in range(0, len(images), BATCH)])
+
+
+def read_inputs(inputs, input_shape, invert: bool = False) -> tuple[np.ndarray, list[str]]:
+    """All images named by ``inputs`` as float32 (N, H, W, C) for a model of
+    ``input_shape``, with one name per image (file name, or ``file.npy[i]``)."""
+    images, names = [], []
+    for source in _expand(inputs):
+        if source.suffix.lower() == ".npy":
+            batch = _read_array(source, input_shape)
+            images.append(batch)
+            names += [f"{source}[{i}]" for i in range(len(batch))]
+        else:
+            images.append(_read_image(source, input_shape)[None])
+            names.append(str(source))
+    if not names:
+        raise DataError("no images given")
+    pixels = np.concatenate(images).astype(np.float32)
+    return (255.0 - pixels if invert else pixels), names
+
+
+def _expand(inputs) -> list[Path]:
+    """Files as given, folders as their image and .npy files sorted by name."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+            if not found:
+                raise DataError(f"{item}: no .png, .jpg, .jpeg or .npy files in this folder")
+            files += found
+        elif not item.is_file():
+            raise DataError(f"{item}: no such file or folder")
+        elif item.suffix.lower() not in IMAGE_SUFFIXES + (".npy",):
+            raise DataError(f"{item}: not a .png, .jpg, .jpeg or .npy file")
+        else:
+            files.append(item)
+    return files
+
+
+def _read_image(path: Path, input_shape) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = input_shape
+    if channels not in (1, 3):
+        raise DataError(f"{path}: the model takes {channels}-channel images; only 1 (grayscale) "
+                        "and 3 (RGB) can be made from image files")
+    try:
+        with Image.open(io.BytesIO(path.read_bytes())) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"{path}: cannot read this image ({error})") from None
+    return pixels.reshape(height, width, channels)
+
+
+def _read_array(path: Path, input_shape) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read this .npy file ({error})") from None
+    height, width, channels = input_shape
+    if array.ndim == 3 and channels == 1:
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[1:] != (height, width, channels):
+        raise DataError(f"{path}: images of shape {array.shape[1:]} (array {array.shape}), the "
+                        f"model takes (N, {height}, {width}, {channels}) raw pixels 0..255")
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{path}: {array.dtype} is not a numeric image array")
+    if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
+        log.warning("%s: pixel values are all <= 1; the model expects 0..255 "
+                    "(multiply by 255 if they were scaled)", path)
+    return array
+
+
+def check_output(path) -> Path:
+    """The output file name, if it is one :func:`write_embeddings` can write."""
+    path = Path(path)
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--out {path}: give a .npy or .csv file name")
+    return path
+
+
+def write_embeddings(path, embeddings: np.ndarray, names: list[str]) -> list[Path]:
+    """``.csv``: a header ``name,e0,e1,...`` and one row per input; ``.npy``: the (N, D)
+    array, with the input names line by line in ``<path>.names.txt``. Returns the files."""
+    path = check_output(path)
+    try:
+        if path.suffix == ".csv":
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as stream:
+                writer = csv.writer(stream)
+                writer.writerow(["name"] + [f"e{i}" for i in range(embeddings.shape[1])])
+                writer.writerows([name, *map(repr, map(float, row))]
+                                 for name, row in zip(names, embeddings))
+            return [path]
+        names_file = path.with_name(path.name + ".names.txt")
+        with atomic_path(path) as tmp:
+            np.save(tmp, embeddings)
+        with atomic_path(names_file) as tmp:
+            tmp.write_text("".join(name + "\n" for name in names))
+        return [path, names_file]
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
