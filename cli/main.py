@@ -95,16 +95,30 @@ def app():
 @click.option("--export/--no-export", default=True, show_default=True,
               help="Export the embedding net as a TensorFlow SavedModel "
                    "(<run folder>/saved_model) for serving without this package.")
-def train(**options):
+@click.option("--resume", "resume_folder", type=click.Path(file_okay=False), default=None,
+              metavar="RUN_FOLDER",
+              help="Continue the interrupted run in RUN_FOLDER from its last finished epoch, "
+                   "with that run's own settings (give no other option).")
+@click.pass_context
+def train(ctx, resume_folder, **options):
     """Train a model and write its run folder.
 
     Example: siamese-keras train --loss contrastive --dataset mnist
     """
-    config = TrainConfig(**options)
+    if resume_folder is None:
+        config = TrainConfig(**options)
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in options
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"--resume continues a run with its saved settings; drop "
+                                   f"{', '.join(given)}")
     from keras_siamese import experiment  # TensorFlow loads only when there is work to do
     from keras_siamese.evaluation import format_table
 
-    result = experiment.run(config)
+    if resume_folder is not None:
+        config = experiment.resume_config(resume_folder)
+    result = experiment.run(config, resume=resume_folder is not None)
     click.echo(format_table(result.metrics))
     outputs = "config.json, history.csv, model.keras, embedding.png, metrics.json"
     if config.export:

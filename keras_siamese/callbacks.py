@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import keras
 
@@ -17,10 +18,16 @@ class HistoryCSV(keras.callbacks.Callback):
     complete up to the last finished epoch.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, resume_after: int = 0):
+        """``resume_after``: keep the rows of epochs up to this one from an existing file."""
         super().__init__()
-        self.path = path
+        self.path = Path(path)
         self.rows = []
+        if resume_after and self.path.is_file():
+            with open(self.path, newline="") as stream:
+                self.rows = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+                             for row in csv.DictReader(stream)
+                             if int(row["epoch"]) <= resume_after]
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})

@@ -27,3 +27,9 @@ class OutputError(SiameseError):
 
 class MissingDependencyError(SiameseError):
     """A program or package this feature needs (graphviz, pydot, chromium...) is not installed."""
+
+
+class Interrupted(SiameseError):
+    """Training was stopped by the user (Ctrl-C); finished epochs are checkpointed."""
+
+    exit_code = 130

@@ -1,9 +1,11 @@
 """experiment.run(config): the one place that wires data, streams, models and losses.
 
 It trains the model chosen by ``config.loss`` and leaves in the run folder:
-``config.json``, ``history.csv``, ``model.keras``, ``embedding.png``, ``metrics.json``, the
-SavedModel ``saved_model/`` (:mod:`keras_siamese.export`), plus the latent-space frames (``frames/``, ``latent.gif``, ``latent_embeddings.npz``, see
-:mod:`keras_siamese.latent`). TensorBoard scalars go to ``<log_dir>/<run name>/train`` and
+``config.json``, ``history.csv``, ``model.keras``, ``embedding.png``, ``metrics.json``,
+the SavedModel ``saved_model/`` (:mod:`keras_siamese.export`), plus the latent-space
+frames (``frames/``, ``latent.gif``, ``latent_embeddings.npz``, see
+:mod:`keras_siamese.latent`). While it trains, ``checkpoints/`` holds the last finished
+epoch, so an interrupted run can resume (:mod:`keras_siamese.checkpoint`). TensorBoard scalars go to ``<log_dir>/<run name>/train`` and
 ``/validation``, the embedding metrics (:mod:`keras_siamese.evaluation`) to ``/metrics``,
 projector data to ``/projector`` (:mod:`keras_siamese.projector`).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,10 +22,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_siamese import evaluation, export, latent, models, projector, streams
+from keras_siamese import checkpoint, evaluation, export, latent, models, projector, streams
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import load_dataset
+from keras_siamese.errors import ConfigError, DataError, Interrupted
 from keras_siamese.evaluation import Split
 from keras_siamese.losses import ContrastiveLoss, TripletLoss
 from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
@@ -41,98 +45,148 @@ class RunResult:
     metrics: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class _Task:
-    """What one loss needs: its model around the shared embedding net, loss, streams."""
+def _compiled_model(config: TrainConfig, embedding, num_classes: int,
+                    steps_per_epoch: int) -> keras.Model:
+    """The loss's model around the shared embedding net, compiled with its loss, metrics
+    and Adam on a cosine-decayed learning rate."""
+    if config.loss == "softmax":
+        model = models.classifier_model(embedding, num_classes)
+        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["sparse_categorical_accuracy"]
+    elif config.loss == "triplet":
+        model, loss, metrics = models.triplet_model(embedding), TripletLoss(config.margin), []
+    elif config.loss == "bce":
+        model = models.bce_model(embedding)
+        loss, metrics = keras.losses.BinaryCrossentropy(), ["binary_accuracy"]
+    else:
+        model, loss, metrics = (models.contrastive_model(embedding),
+                                ContrastiveLoss(config.margin), [])
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
+    return model
 
-    model: keras.Model
-    loss: keras.losses.Loss
-    metrics: list
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
 
-
-def _task(config: TrainConfig, embedding, num_classes: int, seen: Split) -> _Task:
-    """Training streams from the run's training images, validation ones from the test
-    images of the same (not held-out) classes."""
+def _streams(config: TrainConfig, seen: Split, start_epoch: int):
+    """``(train, validation)``: training examples from the run's training images, epochs
+    ``start_epoch`` on; validation ones from the test images of the trained classes."""
     b, seed = config.batch_size, config.seed
     x_train, y_train, x_test, y_test = (seen.train_images, seen.train_labels,
                                         seen.test_images, seen.test_labels)
     if config.loss == "softmax":
-        return _Task(models.classifier_model(embedding, num_classes),
-                     keras.losses.SparseCategoricalCrossentropy(), ["sparse_categorical_accuracy"],
-                     streams.image_stream(x_train, y_train, b, seed),
-                     streams.evaluation_images(x_test, y_test, b))
+        return (streams.image_stream(x_train, y_train, b, seed, start_epoch),
+                streams.evaluation_images(x_test, y_test, b))
     if config.loss == "triplet":
-        return _Task(models.triplet_model(embedding), TripletLoss(config.margin), [],
-                     streams.triplet_stream(x_train, y_train, b, seed),
-                     streams.evaluation_triplets(x_test, y_test, b))
-    pairs = streams.pair_stream(x_train, y_train, b, seed)
-    evaluation = streams.evaluation_pairs(x_test, y_test, b)
-    if config.loss == "bce":
-        return _Task(models.bce_model(embedding), keras.losses.BinaryCrossentropy(),
-                     ["binary_accuracy"], pairs, evaluation)
-    return _Task(models.contrastive_model(embedding), ContrastiveLoss(config.margin), [],
-                 pairs, evaluation)
+        return (streams.triplet_stream(x_train, y_train, b, seed, start_epoch),
+                streams.evaluation_triplets(x_test, y_test, b))
+    return (streams.pair_stream(x_train, y_train, b, seed, start_epoch),
+            streams.evaluation_pairs(x_test, y_test, b))
 
 
 def _callbacks(config: TrainConfig, embedding, shown: latent.FrameImages,
-               sets: evaluation.EvaluationSets, metrics_writer) -> list:
+               sets: evaluation.EvaluationSets, metrics_writer, start_epoch: int) -> list:
     """Records written while training: history, TensorBoard scalars, frames, projector,
-    metrics every ``--eval-every`` epochs."""
-    callbacks = [HistoryCSV(config.run_dir / "history.csv"),
+    metrics every ``--eval-every`` epochs; a resumed run keeps those of epochs up to
+    ``start_epoch``. The NaN guard comes before, the checkpoint after all of them."""
+    run_dir = config.run_dir
+    callbacks = [checkpoint.StopOnNonFiniteLoss(run_dir),
+                 HistoryCSV(run_dir / "history.csv", resume_after=start_epoch),
                  keras.callbacks.TensorBoard(str(config.tensorboard_dir), write_graph=False)]
     if config.eval_every:
         callbacks.append(evaluation.EvaluationLog(embedding, sets, metrics_writer,
                                                   config.eval_every))
     if config.frames:
-        callbacks.append(latent.LatentFrames(embedding, shown, config.run_dir, config.name,
-                                             config.gif_frame_ms))
+        callbacks.append(latent.LatentFrames(embedding, shown, run_dir, config.name,
+                                             config.gif_frame_ms, resume_after=start_epoch))
     if config.projector:
         callbacks.append(projector.ProjectorLog(embedding, shown, config.tensorboard_dir,
-                                                config.projector_every))
-    return callbacks
+                                                config.projector_every,
+                                                resume_after=start_epoch))
+    return callbacks + [checkpoint.EpochCheckpoint(run_dir)]
 
 
-def run(config: TrainConfig) -> RunResult:
-    """Train one model as configured and write its run folder (see module doc)."""
+def resume_config(run_folder) -> TrainConfig:
+    """The settings of the run in ``run_folder`` (its ``config.json``), pointed at that
+    folder wherever it now is."""
+    run_dir = Path(run_folder)
+    settings = evaluation.read_json(run_dir / "config.json")
+    settings.update(output_dir=str(run_dir.parent), run_name=run_dir.name, overwrite=False)
+    settings["holdout_classes"] = tuple(settings.get("holdout_classes", ()))
+    try:
+        return TrainConfig(**settings)
+    except TypeError as error:
+        raise DataError(f"{run_dir / 'config.json'} is not a config of this version: "
+                        f"{error}") from None
+
+
+def _resume_point(run_dir: Path, epochs: int) -> tuple[int, Path]:
+    """The epoch and checkpoint an interrupted run continues from."""
+    found = checkpoint.last_checkpoint(run_dir)
+    if found is None:
+        if (run_dir / "metrics.json").is_file():
+            raise ConfigError(f"{run_dir} has already finished: nothing to resume")
+        raise ConfigError(f"{run_dir} has no checkpoint (no epoch finished): train it again "
+                          "with --overwrite")
+    if found[0] > epochs:
+        raise DataError(f"{found[1]} is past the run's {epochs} epochs: not this run's checkpoint")
+    return found
+
+
+def run(config: TrainConfig, resume: bool = False) -> RunResult:
+    """Train one model as configured and write its run folder (see module doc).
+
+    With ``resume``, continue the interrupted run in ``config.run_dir`` (made with these
+    settings, see :func:`resume_config`) from its last checkpoint."""
     run_dir, log_dir = config.run_dir, config.tensorboard_dir
-    check_run_folders([run_dir, log_dir], config.overwrite)
+    if resume:
+        start_epoch, saved = _resume_point(run_dir, config.epochs)
+    else:
+        start_epoch, saved = 0, None
+        check_run_folders([run_dir, log_dir], config.overwrite)
     data = load_dataset(config.dataset, config.data_dir)  # before touching any old run
     # Both check the settings against the data before any folder is made.
     sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
     shown = latent.frame_images(data, config.frame_images)
     x_train, y_train = sets.seen.train_images, sets.seen.train_labels
-    create_run_folders([run_dir, log_dir], config.overwrite)
-    write_text(run_dir / "config.json", config.to_json())
+    steps = streams.steps_per_epoch(len(y_train), config.batch_size)
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed
-    embedding = models.embedding_net(x_train.shape[1:], config.embedding_dim,
-                                     mean=float(x_train.mean()), std=float(x_train.std()))
-    task = _task(config, embedding, data.num_classes, sets.seen)
-    steps = streams.steps_per_epoch(len(y_train), config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate,
-                                                      decay_steps=steps * config.epochs)
-    task.model.compile(optimizer=keras.optimizers.Adam(schedule), loss=task.loss,
-                       metrics=task.metrics)
-    log.info("training %s on %d %s images for %d epochs", task.model.name, len(y_train),
+    if resume:
+        model = checkpoint.load_checkpoint(saved)  # weights, optimiser state, step count
+        embedding = model.get_layer("embedding")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log.info("resuming %s after epoch %d of %d", run_dir, start_epoch, config.epochs)
+    else:
+        create_run_folders([run_dir, log_dir], config.overwrite)
+        write_text(run_dir / "config.json", config.to_json())
+        embedding = models.embedding_net(x_train.shape[1:], config.embedding_dim,
+                                         mean=float(x_train.mean()), std=float(x_train.std()))
+        model = _compiled_model(config, embedding, data.num_classes, steps)
+    train, validation = _streams(config, sets.seen, start_epoch)
+    log.info("training %s on %d %s images for %d epochs", model.name, len(y_train),
              config.dataset, config.epochs)
 
     metrics_writer = tf.summary.create_file_writer(str(log_dir / METRICS_RUN))
     started = time.perf_counter()
-    task.model.fit(
-        task.train, epochs=config.epochs, steps_per_epoch=steps,
-        validation_data=task.validation, shuffle=False,  # streams shuffle themselves
-        callbacks=_callbacks(config, embedding, shown, sets, metrics_writer),
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    seconds_per_epoch = (time.perf_counter() - started) / config.epochs
+    try:
+        model.fit(
+            train, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
+            validation_data=validation, shuffle=False,  # streams shuffle themselves
+            callbacks=_callbacks(config, embedding, shown, sets, metrics_writer, start_epoch),
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except KeyboardInterrupt:
+        kept = checkpoint.last_checkpoint(run_dir)
+        raise Interrupted(f"interrupted after epoch {kept[0] if kept else 0} of "
+                          f"{config.epochs}; continue with: siamese-keras train --resume "
+                          f"{run_dir}") from None
+    trained = config.epochs - start_epoch
+    seconds_per_epoch = (time.perf_counter() - started) / trained if trained else None
 
     with atomic_path(run_dir / "model.keras") as tmp:
-        task.model.save(tmp)
+        model.save(tmp)
     if config.export:
-        export.export_saved_model(task.model, run_dir / export.SAVED_MODEL)
+        export.export_saved_model(model, run_dir / export.SAVED_MODEL)
     metrics = evaluation.evaluate(embedding, sets)
     evaluation.log_scalars(metrics_writer, metrics, config.epochs)
     metrics_writer.close()
@@ -144,4 +198,6 @@ def run(config: TrainConfig) -> RunResult:
         f"(P@1 {metrics['precision_at_1']:.4f})",
         run_dir / "embedding.png",
     )
+    # Finished: model.keras holds the final state, the checkpoint is no longer needed.
+    shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)
     return RunResult(run_dir, log_dir, metrics)

@@ -186,13 +186,20 @@ class LatentFrames(keras.callbacks.Callback):
     """
 
     def __init__(self, embedding: keras.Model, shown: FrameImages, run_dir, title: str,
-                 frame_ms: int = 500):
+                 frame_ms: int = 500, resume_after: int = 0):
+        """``resume_after``: continue the stored embeddings of epochs up to this one."""
         super().__init__()
         self.embedding = embedding
         self.shown = shown
         self.run_dir = Path(run_dir)
         self.frame_ms = frame_ms
         self.history = LatentHistory(shown.indices, shown.labels, shown.class_names, title)
+        stored = self.run_dir / EMBEDDINGS_FILE
+        if resume_after and stored.is_file():
+            earlier = LatentHistory.load(stored)
+            for epoch, loss, points in zip(earlier.epochs, earlier.losses, earlier.embeddings):
+                if epoch <= resume_after:
+                    self.history.add(epoch, loss, points)
 
     def _record(self, epoch: int, loss: float) -> None:
         self.history.add(epoch, loss, self.shown.embed(self.embedding))
@@ -201,7 +208,8 @@ class LatentFrames(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         (self.run_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
-        self._record(0, float("nan"))
+        if not self.history.epochs:  # a resumed run already has its epoch 0
+            self._record(0, float("nan"))
 
     def on_epoch_end(self, epoch, logs=None):
         self._record(epoch + 1, (logs or {}).get("loss", float("nan")))

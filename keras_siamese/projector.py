@@ -85,6 +85,12 @@ def projector_tensor(embeddings: np.ndarray) -> np.ndarray:
     return np.pad(embeddings, ((0, 0), (0, missing)))
 
 
+def _entry_epoch(path: Path) -> int | None:
+    """The epoch of an entry file ``epoch_NNN.tsv`` (see :func:`entry_name`)."""
+    digits = path.stem.removeprefix("epoch_")
+    return int(digits) if digits.isdigit() else None
+
+
 def write_entry(log_dir, epoch: int, embeddings: np.ndarray) -> None:
     """``epoch_NNN.tsv``: one tab-separated row per image."""
     buffer = io.StringIO()
@@ -115,14 +121,17 @@ class ProjectorLog(keras.callbacks.Callback):
     class names (see latent.FrameImages).
     """
 
-    def __init__(self, embedding: keras.Model, shown, run_log_dir, every: int = 0):
+    def __init__(self, embedding: keras.Model, shown, run_log_dir, every: int = 0,
+                 resume_after: int = 0):
+        """``resume_after``: keep the entries of epochs up to this one already written."""
         super().__init__()
         self.embedding = embedding
         self.shown = shown
         self.log_dir = Path(run_log_dir) / PROJECTOR_DIR
         self.every = every
-        self.logged: list[int] = []
-        self.last_epoch = 0
+        self.logged = sorted(e for e in map(_entry_epoch, self.log_dir.glob("epoch_*.tsv"))
+                             if e is not None and e <= resume_after) if resume_after else []
+        self.last_epoch = resume_after
         self.stamp = tf.Variable(0, dtype=tf.int64, name="epoch")  # the last logged epoch
         self.checkpoints = None
         self.writer = None

@@ -129,8 +129,9 @@ def results_markdown(rows: list[dict], settings: TrainConfig, command: str,
     ]
     for row in rows:
         numbers = " | ".join(_value(row, key) for key, _ in TABLE)
+        seconds = row.get("seconds_per_epoch")
         lines.append(f"| {row['dataset']} | {row['loss']} | {numbers} | "
-                     f"{row['seconds_per_epoch']:.1f} |")
+                     f"{'n/a' if seconds is None else f'{seconds:.1f}'} |")
     lines += ["", f"![test embeddings of every run]({figure})", ""]
     return "\n".join(lines)
 

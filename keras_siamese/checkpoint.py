@@ -1,0 +1,91 @@
+"""Per-epoch checkpoints, resuming an interrupted run, and stopping on a non-finite loss.
+
+After every epoch the whole model (weights, optimiser state with its step count, hence
+the learning-rate schedule's position) is written atomically to
+``checkpoints/epoch_NNN.keras`` and the previous checkpoint removed. The epoch number in
+the file name is the only state besides the run's ``config.json``: the training streams
+re-sample epoch ``e`` from the stateless seed ``(seed, e)`` (:mod:`keras_siamese.streams`),
+so a resumed run sees exactly the examples an uninterrupted one would.
+
+The checkpoint callback runs after every other callback, so a checkpoint for epoch ``e``
+means that the records of epoch ``e`` (history row, frame, stored embeddings, projector
+entry) are complete; records of a later, unfinished epoch are dropped on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import keras
+
+from keras_siamese.errors import DataError, SiameseError
+from keras_siamese.outputs import atomic_path
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"epoch_(\d{3,})\.keras")
+
+
+class NonFiniteLossError(SiameseError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def checkpoint_path(run_dir, epoch: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:03d}.keras"
+
+
+def last_checkpoint(run_dir) -> tuple[int, Path] | None:
+    """``(epoch, path)`` of the newest checkpoint in ``run_dir``, or None."""
+    found = [(int(m.group(1)), p) for p in (Path(run_dir) / CHECKPOINT_DIR).glob("epoch_*.keras")
+             if (m := _NAME.fullmatch(p.name))]
+    return max(found) if found else None
+
+
+def load_checkpoint(path) -> keras.Model:
+    """The compiled model with its optimiser state, as saved after its epoch."""
+    try:
+        return keras.saving.load_model(path)
+    except (OSError, ValueError, KeyError) as error:  # truncated or foreign file
+        raise DataError(f"cannot load checkpoint {path}: {str(error).splitlines()[0]}; "
+                        "train again with --overwrite") from None
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save the model after every finished epoch; keep only the newest checkpoint."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = checkpoint_path(self.run_dir, epoch + 1)
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp:
+            self.model.save(tmp)
+        for older in path.parent.glob("epoch_*.keras"):
+            if older != path:
+                older.unlink()
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise :class:`NonFiniteLossError` at the first batch whose running loss is NaN or
+    infinite, before that epoch's checkpoint or any final output is written."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            kept = last_checkpoint(self.run_dir)
+            where = (f"the last good checkpoint (epoch {kept[0]}) is kept: {kept[1]}"
+                     if kept else "no epoch had finished, so there is no checkpoint")
+            raise NonFiniteLossError(
+                f"training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}; "
+                f"{where}; try a smaller --learning-rate")
