@@ -108,6 +108,8 @@ def resume_config(run_folder) -> TrainConfig:
     """The settings of the run in ``run_folder`` (its ``config.json``), pointed at that
     folder wherever it now is."""
     run_dir = Path(run_folder)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.json): nothing to resume")
     settings = evaluation.read_json(run_dir / "config.json")
     settings.update(output_dir=str(run_dir.parent), run_name=run_dir.name, overwrite=False)
     settings["holdout_classes"] = tuple(settings.get("holdout_classes", ()))

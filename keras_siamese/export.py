@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_siamese.errors import DataError, OutputError
+from keras_siamese.errors import ConfigError, DataError, OutputError
 from keras_siamese.outputs import atomic_path
 
 SAVED_MODEL = "saved_model"  # the export's folder name inside a run folder
@@ -79,7 +79,7 @@ def export_run(run_dir, out=None) -> Path:
     run_dir = Path(run_dir)
     source = run_dir / "model.keras"
     if not source.is_file():
-        raise DataError(f"{source} not found: give the folder of a finished training run")
+        raise ConfigError(f"{source} not found: give the folder of a finished training run")
     try:
         model = keras.saving.load_model(source, compile=False)
     except (OSError, ValueError, KeyError) as error:

@@ -71,3 +71,20 @@ def test_help_explains_every_option():
                    "--margin", "--embedding-dim", "--seed", "--limit", "--data-dir",
                    "--output-dir", "--log-dir", "--run-name", "--overwrite"]:
         assert option in result.stdout
+
+
+def test_corrupted_data_file_is_one_line(tmp_path, mnist):
+    from test_data import write_idx_dir
+
+    (tmp_path / "data").mkdir()
+    data_dir = write_idx_dir(tmp_path / "data", mnist, compress=False)
+    labels = data_dir / "t10k-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[100] = (raw[100] + 1) % 10
+    labels.write_bytes(bytes(raw))
+    result = run_cli("train", "--data-dir", data_dir, "--output-dir", tmp_path / "out",
+                     "--log-dir", tmp_path / "logs")
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "md5" in line and str(labels) in line, line
+    assert not (tmp_path / "out" / "contrastive_mnist").exists()

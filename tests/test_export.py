@@ -99,7 +99,7 @@ def test_export_command_and_saved_model_cli_list_the_signatures(bce_run, tmp_pat
 
 def test_export_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     result = run_cli("export", tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert error_lines(result) == [f"siamese-keras: error: {tmp_path / 'model.keras'} not found: "
                                    "give the folder of a finished training run"]
 

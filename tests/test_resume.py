@@ -164,3 +164,10 @@ def test_ctrl_c_stops_with_the_finished_epochs_saved(tmp_path):
     assert lines[0].endswith(f"continue with: siamese-keras train --resume {run}")
     assert any((run / "checkpoints").glob("epoch_*.keras"))
     assert not (run / "metrics.json").exists()
+
+
+def test_resume_of_a_folder_that_is_no_run(tmp_path):
+    result = run_cli("train", "--resume", tmp_path)
+    assert result.returncode == 2
+    assert error_lines(result) == [f"siamese-keras: error: {tmp_path} is not a run folder "
+                                   "(no config.json): nothing to resume"]
