@@ -45,7 +45,7 @@ class RunResult:
     metrics: dict
 
 
-def _compiled_model(config: TrainConfig, embedding, num_classes: int,
+def compiled_model(config: TrainConfig, embedding, num_classes: int,
                     steps_per_epoch: int) -> keras.Model:
     """The loss's model around the shared embedding net, compiled with its loss, metrics
     and Adam on a cosine-decayed learning rate."""
@@ -66,7 +66,7 @@ def _compiled_model(config: TrainConfig, embedding, num_classes: int,
     return model
 
 
-def _streams(config: TrainConfig, seen: Split, start_epoch: int):
+def training_streams(config: TrainConfig, seen: Split, start_epoch: int):
     """``(train, validation)``: training examples from the run's training images, epochs
     ``start_epoch`` on; validation ones from the test images of the trained classes."""
     b, seed = config.batch_size, config.seed
@@ -163,8 +163,8 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         write_text(run_dir / "config.json", config.to_json())
         embedding = models.embedding_net(x_train.shape[1:], config.embedding_dim,
                                          mean=float(x_train.mean()), std=float(x_train.std()))
-        model = _compiled_model(config, embedding, data.num_classes, steps)
-    train, validation = _streams(config, sets.seen, start_epoch)
+        model = compiled_model(config, embedding, data.num_classes, steps)
+    train, validation = training_streams(config, sets.seen, start_epoch)
     log.info("training %s on %d %s images for %d epochs", model.name, len(y_train),
              config.dataset, config.epochs)
 

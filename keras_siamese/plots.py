@@ -8,6 +8,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_siamese.outputs import atomic_path  # noqa: E402
+
 # One colour per class, the same in every plot of every run.
 CLASS_COLOURS = plt.get_cmap("tab10").colors
 
@@ -58,6 +60,7 @@ def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits
         handle.set_alpha(1.0)
     fig.tight_layout()
     drawn = (ax.get_xlim(), ax.get_ylim())
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return drawn

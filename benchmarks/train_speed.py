@@ -1,0 +1,189 @@
+"""Training speed against the machine's limit, in one run: prints a table, writes JSON.
+
+    python benchmarks/train_speed.py [--steps 150] [--epochs 2] [--json PATH]
+
+On real MNIST at the default batch size (128) and settings, it measures
+
+1. the machine's float32 peak: a 4096 x 4096 matrix product (2 n^3 FLOP), best of 5;
+2. for every model kind, training examples/s (pairs, triplets or images per second) and
+   images/s over ``--steps`` steps after a warm-up, the achieved GFLOP/s from the counted
+   FLOPs of the embedding net (forward: 2 x multiply-adds of every conv and dense layer;
+   training: 3 x forward, backward costing about twice the forward), and its share of the
+   peak; the heads (a distance, a 2 -> 1 or 2 -> 10 dense layer) are left out of the count;
+3. the training stream alone (examples/s, no model), and how many times faster than
+   training it is;
+4. seconds per full MNIST epoch of the contrastive model (``siamese-keras train``'s own
+   code, ``--epochs`` epochs) with the callbacks off (no frames, no projector), at the
+   defaults (frames, projector, history, TensorBoard scalars), and with the metrics every
+   epoch too (``--eval-every 1``);
+5. the process's peak resident memory.
+
+Other work on the machine slows every figure: the 1-minute load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODELS = ("softmax", "contrastive", "bce", "triplet")
+IMAGES_PER_EXAMPLE = {"softmax": 1, "contrastive": 2, "bce": 2, "triplet": 3}
+
+
+def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.matmul(a, b).numpy()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_multiply_adds(embedding) -> int:
+    """Multiply-adds of one image through the conv and dense layers of the embedding net."""
+    import keras
+
+    total = 0
+    for layer in embedding.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, filters = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += kh * kw * layer.input.shape[-1] * filters * height * width
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return total
+
+
+def _setup(loss: str, data):
+    """The model and training stream exactly as ``siamese-keras train`` builds them."""
+    import keras
+    import tensorflow as tf
+
+    from keras_siamese import evaluation, experiment, models, streams
+    from keras_siamese.config import TrainConfig
+
+    keras.backend.clear_session()
+    config = TrainConfig(loss=loss)
+    sets = evaluation.evaluation_sets(data, (), None, config.seed)
+    x = sets.seen.train_images
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    embedding = models.embedding_net(x.shape[1:], config.embedding_dim,
+                                     mean=float(x.mean()), std=float(x.std()))
+    steps = streams.steps_per_epoch(len(x), config.batch_size)
+    model = experiment.compiled_model(config, embedding, data.num_classes, steps)
+    train, _ = experiment.training_streams(config, sets.seen, 0)
+    return config, embedding, model, train
+
+
+def training_speed(loss: str, data, steps: int, warmup: int = 20) -> dict:
+    config, embedding, model, train = _setup(loss, data)
+    model.fit(train, epochs=1, steps_per_epoch=warmup, verbose=0)  # traces the step
+    started = time.perf_counter()
+    model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
+    seconds = time.perf_counter() - started
+    examples = steps * config.batch_size / seconds
+    return {"examples_per_s": examples,
+            "images_per_s": examples * IMAGES_PER_EXAMPLE[loss],
+            "train_flop_per_image": 3 * 2 * forward_multiply_adds(embedding)}
+
+
+def stream_speed(loss: str, data, steps: int) -> float:
+    """Examples/s of the training stream alone (sampling, gathering, batching)."""
+    config, _, _, train = _setup(loss, data)
+    batches = iter(train)
+    for _ in range(20):
+        next(batches)
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    return steps * config.batch_size / (time.perf_counter() - started)
+
+
+def epoch_seconds(data_dir, epochs: int, **options) -> float:
+    """Seconds per epoch of a real contrastive MNIST run with these TrainConfig options."""
+    import keras
+
+    from keras_siamese import experiment
+    from keras_siamese.config import TrainConfig
+
+    keras.backend.clear_session()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(loss="contrastive", epochs=epochs, output_dir=f"{tmp}/out",
+                             log_dir=f"{tmp}/logs", data_dir=data_dir, export=False,
+                             **options)
+        return experiment.run(config).metrics["seconds_per_epoch"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150, help="timed training steps")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the callback runs")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--json", default="output/benchmarks/train_speed.json")
+    args = parser.parse_args()
+
+    import keras_siamese  # noqa: F401
+    from keras_siamese.data import load_dataset
+
+    data = load_dataset("mnist")
+    peak = matmul_peak_gflops()
+    print(f"float32 matmul peak: {peak:.0f} GFLOP/s on {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+
+    rows = []
+    for loss in args.models.split(","):
+        row = {"model": loss, **training_speed(loss, data, args.steps)}
+        row["gflops"] = row["images_per_s"] * row["train_flop_per_image"] / 1e9
+        row["share_of_peak"] = row["gflops"] / peak
+        row["stream_examples_per_s"] = stream_speed(loss, data, args.steps)
+        row["stream_vs_training"] = row["stream_examples_per_s"] / row["examples_per_s"]
+        rows.append(row)
+        print(f"  {loss}: {row['examples_per_s']:.0f} examples/s, {row['gflops']:.0f} GFLOP/s "
+              f"({row['share_of_peak']:.0%} of peak)", flush=True)
+
+    epochs = {
+        "callbacks_off": epoch_seconds(None, args.epochs, frames=False, projector=False),
+        "defaults": epoch_seconds(None, args.epochs),
+        "defaults_eval_every_epoch": epoch_seconds(None, args.epochs, eval_every=1),
+    }
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print(f"\n{'model':<12} {'examples/s':>10} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'stream x':>9}")
+    for row in rows:
+        print(f"{row['model']:<12} {row['examples_per_s']:10.0f} {row['images_per_s']:9.0f} "
+              f"{row['gflops']:8.0f} {row['share_of_peak']:8.0%} "
+              f"{row['stream_vs_training']:8.1f}x")
+    off = epochs["callbacks_off"]
+    print(f"\ncontrastive MNIST, seconds per epoch ({args.epochs} epochs): callbacks off "
+          f"{off:.2f}, defaults {epochs['defaults']:.2f} "
+          f"(+{epochs['defaults'] / off - 1:.1%}), with --eval-every 1 "
+          f"{epochs['defaults_eval_every_epoch']:.2f} "
+          f"(+{epochs['defaults_eval_every_epoch'] / off - 1:.1%})")
+    print(f"peak RSS {peak_rss:.0f} MiB; load average {os.getloadavg()[0]:.1f}")
+
+    result = {"matmul_peak_gflops": peak, "cpu_count": os.cpu_count(), "batch_size": 128,
+              "steps": args.steps, "models": rows, "seconds_per_epoch": epochs,
+              "peak_rss_mib": peak_rss, "command": " ".join(sys.argv)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
