@@ -6,14 +6,14 @@ On real MNIST at the default batch size (128) and settings, it measures
 
 1. the machine's float32 peak: a 4096 x 4096 matrix product (2 n^3 FLOP), best of 5;
 2. for every model kind, training examples/s (pairs, triplets or images per second) and
-   images/s over ``--steps`` steps after a warm-up, the achieved GFLOP/s from the counted
+   images/s, the best of three windows of ``--steps / 3`` steps after a warm-up, the achieved GFLOP/s from the counted
    FLOPs of the embedding net (forward: 2 x multiply-adds of every conv and dense layer;
    training: 3 x forward, backward costing about twice the forward), and its share of the
    peak; the heads (a distance, a 2 -> 1 or 2 -> 10 dense layer) are left out of the count;
 3. the training stream alone (examples/s, no model), and how many times faster than
    training it is;
 4. seconds per full MNIST epoch of the contrastive model (``siamese-keras train``'s own
-   code, ``--epochs`` epochs) with the callbacks off (no frames, no projector), at the
+   code, ``--epochs`` epochs, best of ``--repeats`` interleaved runs) with the callbacks off (no frames, no projector), at the
    defaults (frames, projector, history, TensorBoard scalars), and with the metrics every
    epoch too (``--eval-every 1``);
 5. the process's peak resident memory.
@@ -89,13 +89,18 @@ def _setup(loss: str, data):
     return config, embedding, model, train
 
 
-def training_speed(loss: str, data, steps: int, warmup: int = 20) -> dict:
+def training_speed(loss: str, data, steps: int, warmup: int = 20, windows: int = 3) -> dict:
+    """Examples/s of the best of ``windows`` timed windows of ``steps // windows`` steps:
+    the best, because other tenants of a shared machine only ever slow a window down."""
     config, embedding, model, train = _setup(loss, data)
     model.fit(train, epochs=1, steps_per_epoch=warmup, verbose=0)  # traces the step
-    started = time.perf_counter()
-    model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
-    seconds = time.perf_counter() - started
-    examples = steps * config.batch_size / seconds
+    window = max(1, steps // windows)
+    seconds = float("inf")
+    for _ in range(windows):
+        started = time.perf_counter()
+        model.fit(train, epochs=1, steps_per_epoch=window, verbose=0)
+        seconds = min(seconds, time.perf_counter() - started)
+    examples = window * config.batch_size / seconds
     return {"examples_per_s": examples,
             "images_per_s": examples * IMAGES_PER_EXAMPLE[loss],
             "train_flop_per_image": 3 * 2 * forward_multiply_adds(embedding)}
@@ -132,6 +137,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150, help="timed training steps")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the callback runs")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each callback setting")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--json", default="output/benchmarks/train_speed.json")
     args = parser.parse_args()
@@ -155,11 +161,12 @@ def main() -> int:
         print(f"  {loss}: {row['examples_per_s']:.0f} examples/s, {row['gflops']:.0f} GFLOP/s "
               f"({row['share_of_peak']:.0%} of peak)", flush=True)
 
-    epochs = {
-        "callbacks_off": epoch_seconds(None, args.epochs, frames=False, projector=False),
-        "defaults": epoch_seconds(None, args.epochs),
-        "defaults_eval_every_epoch": epoch_seconds(None, args.epochs, eval_every=1),
-    }
+    settings = {"callbacks_off": {"frames": False, "projector": False}, "defaults": {},
+                "defaults_eval_every_epoch": {"eval_every": 1}}
+    epochs = {name: float("inf") for name in settings}
+    for _ in range(args.repeats):  # interleaved, best of each: the machine's state drifts
+        for name, options in settings.items():
+            epochs[name] = min(epochs[name], epoch_seconds(None, args.epochs, **options))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"\n{'model':<12} {'examples/s':>10} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8} "

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from keras_siamese.config import DATASETS, LOSSES, TrainConfig
+from keras_siamese.config import DATASETS, LOSSES, MINING, VARIANTS, TrainConfig
 from keras_siamese.errors import SiameseError
 
 PROG = "siamese-keras"
@@ -92,6 +92,14 @@ def app():
 @click.option("--eval-every", type=int, default=0, show_default=True,
               help="Also log the embedding metrics to TensorBoard every K epochs "
                    "(they are always computed after the last one).")
+@click.option("--mining", type=click.Choice(sorted({m for ms in MINING.values() for m in ms})),
+              default="random", show_default=True,
+              help="random: the study's offline pairs/triplets. Online, on P x K batches: "
+                   "triplet: batch-all, batch-hard, semi-hard; contrastive: hard-negative.")
+@click.option("--classes-per-batch", type=int, default=8, show_default=True,
+              help="P: classes in each online-mining batch (batch size P x K).")
+@click.option("--images-per-class", type=int, default=16, show_default=True,
+              help="K: images of each class in each online-mining batch.")
 @click.option("--export/--no-export", default=True, show_default=True,
               help="Export the embedding net as a TensorFlow SavedModel "
                    "(<run folder>/saved_model) for serving without this package.")
@@ -170,8 +178,10 @@ def evaluate(run_folder, as_json):
 
 
 @app.command()
-@click.option("--losses", callback=_choices(LOSSES), default=",".join(LOSSES),
-              show_default=True, help="Comma-separated losses (columns of the grid).")
+@click.option("--losses", callback=_choices(VARIANTS), default=",".join(LOSSES),
+              show_default=True,
+              help="Comma-separated losses, or losses with online mining such as "
+                   "triplet-batch-hard (columns of the grid). All: " + ",".join(VARIANTS))
 @click.option("--datasets", callback=_choices(DATASETS), default=",".join(DATASETS),
               show_default=True, help="Comma-separated datasets (rows of the grid).")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Epochs of every run.")
@@ -288,6 +298,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # TensorFlow's Python INFO lines (one per checkpoint saved, ...) are not ours to show.
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to: ..."
     try:
         app.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as help_shown:

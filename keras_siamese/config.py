@@ -14,6 +14,15 @@ from keras_siamese.errors import ConfigError
 
 LOSSES = ("softmax", "contrastive", "bce", "triplet")
 DATASETS = ("mnist", "fashion_mnist")
+# "random": the study's offline pairs/triplets; the rest mine P x K batches online.
+MINING = {"softmax": ("random",), "bce": ("random",),
+          "contrastive": ("random", "hard-negative"),
+          "triplet": ("random", "batch-all", "batch-hard", "semi-hard")}
+
+
+# Every loss, and every loss with an online mining rule: the columns ``reproduce`` offers.
+VARIANTS = LOSSES + tuple(f"{loss}-{rule}" for loss, rules in MINING.items()
+                          for rule in rules if rule != "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +51,9 @@ class TrainConfig:
     holdout_classes: tuple[int, ...] = ()  # classes left out of training, scored apart
     eval_every: int = 0  # also log the metrics to TensorBoard every K epochs; 0: only at the end
     export: bool = True  # write the embedding net as a SavedModel (run_dir/saved_model)
+    mining: str = "random"  # see MINING; online mining trains on P x K batches
+    classes_per_batch: int = 8  # P of the P x K batches (online mining only)
+    images_per_class: int = 16  # K of the P x K batches (online mining only)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -50,6 +62,12 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"
             )
+        if self.mining not in MINING[self.loss]:
+            raise ConfigError(f"--mining {self.mining!r} does not apply to --loss {self.loss}: "
+                              f"choose one of {', '.join(MINING[self.loss])}")
+        if self.classes_per_batch < 2 or self.images_per_class < 2:
+            raise ConfigError("--classes-per-batch and --images-per-class must be >= 2, got "
+                              f"{self.classes_per_batch} and {self.images_per_class}")
         _require_positive("epochs", self.epochs)
         _require_positive("batch size", self.batch_size)
         _require_positive("learning rate", self.learning_rate)
@@ -73,9 +91,19 @@ class TrainConfig:
             )
 
     @property
+    def online(self) -> bool:
+        """Whether training mines P x K batches online (rather than offline pairs/triplets)."""
+        return self.mining != "random"
+
+    @property
+    def variant(self) -> str:
+        """``<loss>`` or ``<loss>-<mining>``, e.g. ``triplet-batch-hard``."""
+        return f"{self.loss}-{self.mining}" if self.online else self.loss
+
+    @property
     def name(self) -> str:
-        """The run's folder name: ``--run-name`` or ``<loss>_<dataset>``."""
-        return self.run_name or f"{self.loss}_{self.dataset}"
+        """The run's folder name: ``--run-name`` or ``<variant>_<dataset>``."""
+        return self.run_name or f"{self.variant}_{self.dataset}"
 
     @property
     def run_dir(self) -> Path:

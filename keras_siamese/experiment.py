@@ -28,7 +28,8 @@ from keras_siamese.config import TrainConfig
 from keras_siamese.data import load_dataset
 from keras_siamese.errors import ConfigError, DataError, Interrupted
 from keras_siamese.evaluation import Split
-from keras_siamese.losses import ContrastiveLoss, TripletLoss
+from keras_siamese.losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss,
+                                  TripletLoss)
 from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
                                    write_json, write_text)
 from keras_siamese.plots import scatter_embeddings
@@ -49,7 +50,12 @@ def compiled_model(config: TrainConfig, embedding, num_classes: int,
                     steps_per_epoch: int) -> keras.Model:
     """The loss's model around the shared embedding net, compiled with its loss, metrics
     and Adam on a cosine-decayed learning rate."""
-    if config.loss == "softmax":
+    if config.online:
+        model = models.online_model(embedding)
+        loss = (OnlineTripletLoss(config.margin, config.mining) if config.loss == "triplet"
+                else OnlineContrastiveLoss(config.margin))
+        metrics = []
+    elif config.loss == "softmax":
         model = models.classifier_model(embedding, num_classes)
         loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["sparse_categorical_accuracy"]
     elif config.loss == "triplet":
@@ -72,6 +78,10 @@ def training_streams(config: TrainConfig, seen: Split, start_epoch: int):
     b, seed = config.batch_size, config.seed
     x_train, y_train, x_test, y_test = (seen.train_images, seen.train_labels,
                                         seen.test_images, seen.test_labels)
+    if config.online:
+        p, k = config.classes_per_batch, config.images_per_class
+        return (streams.pk_stream(x_train, y_train, p, k, seed, start_epoch),
+                streams.evaluation_pk_batches(x_test, y_test, p, k))
     if config.loss == "softmax":
         return (streams.image_stream(x_train, y_train, b, seed, start_epoch),
                 streams.evaluation_images(x_test, y_test, b))
@@ -149,7 +159,12 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
     sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
     shown = latent.frame_images(data, config.frame_images)
     x_train, y_train = sets.seen.train_images, sets.seen.train_labels
-    steps = streams.steps_per_epoch(len(y_train), config.batch_size)
+    if config.online:
+        for labels in (y_train, sets.seen.test_labels):
+            streams.check_pk(labels, config.classes_per_batch, config.images_per_class)
+    batch = config.classes_per_batch * config.images_per_class if config.online else \
+        config.batch_size
+    steps = streams.steps_per_epoch(len(y_train), batch)
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed

@@ -4,10 +4,17 @@ Pair label convention: ``y_true = 1`` means the two images show the SAME class,
 ``y_true = 0`` DIFFERENT classes. The Siamese model's output ``y_pred`` is the Euclidean
 distance ``d`` between the two embeddings. Binary cross-entropy for the BCE Siamese model
 is Keras' own ``keras.losses.BinaryCrossentropy``.
+
+The online losses take a whole batch instead: ``y_true`` its class labels, ``y_pred`` its
+embeddings; which pairs or triplets they train on is chosen by :mod:`keras_siamese.mining`.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+from keras_siamese import mining
+from keras_siamese.distances import EPSILON
 
 
 def contrastive_loss(y_true, y_pred, margin: float = 1.0):
@@ -89,6 +96,90 @@ class TripletLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return triplet_loss(y_true, y_pred, self.margin)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+def online_triplet_loss(labels, embeddings, margin: float = 1.0, mining_rule="batch-hard"):
+    """Triplet loss over the triplets of one batch that ``mining_rule`` selects.
+
+    With ``d2`` the squared distances of the batch's embeddings and ``S`` the selected
+    triplets (:mod:`keras_siamese.mining`),
+
+    ``l(a, p, n) = max(0, d2(a, p) - d2(a, n) + margin)``
+    ``L = mean of l over S``, except for ``batch-all``: ``L = mean of l over the triplets of
+    S with l > 0`` (Hermans et al. 2017), so easy triplets do not dilute the gradient.
+    ``L = 0`` when nothing is selected (a batch without a valid triplet).
+
+    Args:
+        labels: (B,) or (B, 1) class labels of the batch.
+        embeddings: (B, D).
+        margin: as in :func:`triplet_loss` (squared units).
+        mining_rule: one of ``mining.TRIPLET_MINING``.
+
+    Returns:
+        The batch's loss, a scalar.
+    """
+    d2 = mining.squared_distances(embeddings)
+    selected = mining.TRIPLET_MINERS[mining_rule](tf.reshape(labels, (-1,)), d2)
+    losses = tf.maximum(d2[:, :, None] - d2[:, None, :] + margin, 0.0)
+    if mining_rule == "batch-all":
+        selected = selected & (losses > 0.0)
+    count = tf.reduce_sum(tf.cast(selected, tf.float32))
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.where(selected, losses, 0.0)), count)
+
+
+def online_contrastive_loss(labels, embeddings, margin: float = 1.0):
+    """Contrastive loss over every positive pair of a batch and as many of its nearest
+    negative pairs (``mining.hard_negative_pairs``):
+
+    ``L = mean over the selected pairs of  y d^2 / 2 + (1 - y) max(0, margin - d)^2 / 2``
+
+    with ``d = sqrt(max(d2, eps))`` as everywhere (finite gradients) and ``y = 1`` for a
+    positive pair. ``L = 0`` when nothing is selected.
+    """
+    d2 = mining.squared_distances(embeddings)
+    positive, negative = mining.hard_negative_pairs(tf.reshape(labels, (-1,)), d2)
+    d = tf.sqrt(tf.maximum(d2, EPSILON))
+    pulls = tf.where(positive, 0.5 * tf.square(d), 0.0)
+    pushes = tf.where(negative, 0.5 * tf.square(tf.maximum(margin - d, 0.0)), 0.0)
+    count = tf.reduce_sum(tf.cast(positive, tf.float32) + tf.cast(negative, tf.float32))
+    return tf.math.divide_no_nan(tf.reduce_sum(pulls) + tf.reduce_sum(pushes), count)
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
+class OnlineTripletLoss(keras.losses.Loss):
+    """Triplet loss over mined triplets of a batch (see :func:`online_triplet_loss`);
+    ``y_true`` the labels, ``y_pred`` the embeddings."""
+
+    def __init__(self, margin: float = 1.0, mining_rule: str = "batch-hard",
+                 reduction="sum_over_batch_size", name="online_triplet_loss", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if mining_rule not in mining.TRIPLET_MINING:
+            raise ValueError(f"unknown triplet mining {mining_rule!r}")
+        self.margin = margin
+        self.mining_rule = mining_rule
+
+    def call(self, y_true, y_pred):
+        return online_triplet_loss(y_true, y_pred, self.margin, self.mining_rule)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "mining_rule": self.mining_rule}
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
+class OnlineContrastiveLoss(keras.losses.Loss):
+    """Contrastive loss over the positive and hard negative pairs of a batch (see
+    :func:`online_contrastive_loss`); ``y_true`` the labels, ``y_pred`` the embeddings."""
+
+    def __init__(self, margin: float = 1.0, reduction="sum_over_batch_size",
+                 name="online_contrastive_loss", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.margin = margin
+
+    def call(self, y_true, y_pred):
+        return online_contrastive_loss(y_true, y_pred, self.margin)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}

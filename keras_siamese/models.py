@@ -75,3 +75,10 @@ def triplet_model(embedding):
         [embedding(anchor), embedding(positive), embedding(negative)]
     )
     return keras.Model([anchor, positive, negative], distances, name="triplet")
+
+
+def online_model(embedding):
+    """For online mining: image -> embedding, so a loss sees a whole batch of embeddings
+    (with the labels as ``y_true``) and mines its pairs or triplets."""
+    (image,) = _inputs(embedding, "image")
+    return keras.Model(image, embedding(image), name="online_embedding")

@@ -1,6 +1,7 @@
 """The study's results grid: every loss on every dataset, as pictures and numbers.
 
-:func:`reproduce` trains one run per (dataset, loss) with the same settings, one after
+:func:`reproduce` trains one run per (dataset, variant: a loss, or a loss with online
+mining) with the same settings, one after
 the other in this process, and writes into its output folder:
 
 - ``<loss>_<dataset>/``: the ordinary run folders (model, metrics.json, frames, ...);
@@ -37,10 +38,16 @@ TABLE = SHOWN[:2] + (("r_precision", "R-prec."), ("knn_accuracy", "5-NN acc."),
                      ("roc_auc", "pair AUC"), ("verification_accuracy", "verif. acc.")) + SHOWN[2:]
 
 
-def grid_configs(losses, datasets, **settings) -> list[TrainConfig]:
-    """One TrainConfig per (dataset, loss), datasets outermost, all with ``settings``."""
-    return [TrainConfig(loss=loss, dataset=dataset, **settings)
-            for dataset in datasets for loss in losses]
+def grid_configs(variants, datasets, **settings) -> list[TrainConfig]:
+    """One TrainConfig per (dataset, variant), datasets outermost, all with ``settings``.
+    A variant is a loss (``triplet``) or a loss with online mining (``triplet-batch-hard``)."""
+    configs = []
+    for dataset in datasets:
+        for variant in variants:
+            loss, _, mining = variant.partition("-")
+            configs.append(TrainConfig(loss=loss, mining=mining or "random", dataset=dataset,
+                                       **settings))
+    return configs
 
 
 def _finished(config: TrainConfig) -> dict | None:
@@ -79,7 +86,7 @@ def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> 
             metrics = experiment.run(dataclasses.replace(config, overwrite=True)).metrics
             spent += time.perf_counter() - started
             trained += 1
-        rows.append({"loss": config.loss, "dataset": config.dataset,
+        rows.append({"loss": config.variant, "dataset": config.dataset,
                      "run_dir": str(config.run_dir), **to_json(metrics)})
     write_results(rows, configs[0], Path(out_dir), command)
     return rows

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.errors import DataError
+from keras_siamese.errors import ConfigError, DataError
 
 EVAL_SEED = 20061984  # fixed: the evaluation examples never depend on the training seed
 AUTOTUNE = tf.data.AUTOTUNE
@@ -118,6 +118,29 @@ def sample_triplets(index: ClassIndex, seed: int, epoch):
             _negatives(index, anchors, seed, epoch))
 
 
+def sample_pk_batches(index: ClassIndex, classes_per_batch: int, images_per_class: int,
+                      steps: int, seed: int, epoch) -> tf.Tensor:
+    """``steps`` balanced batches, flattened: each holds ``classes_per_batch`` (P) distinct
+    classes with ``images_per_class`` (K) distinct images each, class by class.
+
+    The P classes are the first P of a fresh random order of all classes; a class's K
+    images are K consecutive places, from a random start, in a fresh random order of its
+    members (wrapping around), so they are distinct when the class has K or more.
+    """
+    p, k = classes_per_batch, images_per_class
+    u = tf.random.stateless_uniform((steps, index.num_classes), _seed(seed, epoch, 4))
+    classes = tf.reshape(tf.argsort(u, axis=1)[:, :p], (-1,))  # (steps * P,)
+    # Members of each class in a fresh random order: sort by (class, random key).
+    key = tf.cast(index.cls, tf.float64) + tf.random.stateless_uniform(
+        tf.shape(index.cls), _seed(seed, epoch, 5), dtype=tf.float64)
+    shuffled = tf.cast(tf.argsort(key), tf.int32)
+    count = tf.gather(index.count, classes)
+    first = _uniform_below(count, _seed(seed, epoch, 6))
+    slots = (first[:, None] + tf.range(k)[None, :]) % count[:, None]  # (steps * P, K)
+    return tf.reshape(tf.gather(shuffled, tf.gather(index.start, classes)[:, None] + slots),
+                      (-1,))
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
@@ -172,6 +195,44 @@ def image_stream(images, labels, batch_size: int, seed: int, start_epoch: int = 
     index = class_index(labels)
     stream = _endless(lambda e: _anchors(index, seed, e), batch_size, start_epoch)
     gather = _gatherer(images)
+    return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
+
+
+def check_pk(labels, classes_per_batch: int, images_per_class: int) -> None:
+    """A P x K batch needs P classes and K distinct images of each."""
+    _, count = np.unique(np.asarray(labels), return_counts=True)
+    if classes_per_batch > len(count):
+        raise ConfigError(f"--classes-per-batch {classes_per_batch}: only {len(count)} classes "
+                          "to draw from")
+    if images_per_class > count.min():
+        raise ConfigError(f"--images-per-class {images_per_class}: the smallest class has only "
+                          f"{count.min()} images")
+
+
+def pk_stream(images, labels, classes_per_batch: int, images_per_class: int, seed: int,
+              start_epoch: int = 0):
+    """Endless balanced batches ``(x, label)`` of P classes x K images for online mining;
+    an epoch is ``steps_per_epoch(N, P * K)`` batches, about N images."""
+    check_pk(labels, classes_per_batch, images_per_class)
+    index = class_index(labels)
+    batch = classes_per_batch * images_per_class
+    steps = steps_per_epoch(len(labels), batch)
+    stream = _endless(lambda e: sample_pk_batches(index, classes_per_batch, images_per_class,
+                                                  steps, seed, e), batch, start_epoch)
+    label_tensor = tf.constant(np.asarray(labels), tf.int32)
+    gather = _gatherer(images)
+    return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
+
+
+def evaluation_pk_batches(images, labels, classes_per_batch: int, images_per_class: int):
+    """Fixed P x K batches ``(x, label)`` drawn once from (test) images with EVAL_SEED."""
+    check_pk(labels, classes_per_batch, images_per_class)
+    batch = classes_per_batch * images_per_class
+    sample = sample_pk_batches(class_index(labels), classes_per_batch, images_per_class,
+                               steps_per_epoch(len(labels), batch), EVAL_SEED, 0)
+    label_tensor = tf.constant(np.asarray(labels), tf.int32)
+    gather = _gatherer(images)
+    stream = tf.data.Dataset.from_tensor_slices(sample).batch(batch)
     return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
 
 

@@ -15,6 +15,11 @@ CASES = [
     (["--epochs", "two"], 2, "'two' is not a valid integer"),
     (["--run-name", "../escape"], 2, "plain folder name"),
     (["--data-dir", "/nonexistent/mnist"], 1, "not a readable folder"),
+    (["--loss", "bce", "--mining", "batch-hard"], 2, "--mining 'batch-hard' does not apply"),
+    (["--loss", "triplet", "--mining", "semi-hard", "--classes-per-batch", "11"], 2,
+     "--classes-per-batch 11: only 10 classes"),
+    (["--loss", "triplet", "--mining", "semi-hard", "--limit", "100", "--images-per-class",
+      "11"], 2, "--images-per-class 11: the smallest class has only 10 images"),
 ]
 
 

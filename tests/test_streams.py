@@ -101,3 +101,48 @@ def test_a_class_with_one_example_is_rejected():
         streams.class_index(np.array([0, 0, 1]))
     with pytest.raises(DataError, match="at least 2 classes"):
         streams.class_index(np.array([4, 4, 4]))
+
+
+def test_pk_batches_hold_p_distinct_classes_of_k_distinct_images(labels):
+    index = streams.class_index(labels)
+    p, k, steps = 3, 2, 40
+    flat = streams.sample_pk_batches(index, p, k, steps, seed=1, epoch=0).numpy()
+    assert flat.shape == (steps * p * k,)
+    seen_classes = set()
+    for batch in flat.reshape(steps, p, k):
+        batch_labels = labels[batch]
+        assert len(set(batch_labels[:, 0])) == p  # P distinct classes
+        assert np.all(batch_labels == batch_labels[:, :1])  # K images of that class
+        assert all(len(set(row)) == k for row in batch)  # distinct images
+        seen_classes |= set(batch_labels[:, 0])
+    assert seen_classes == {0, 3, 7, 9}  # the class of 2 images is drawn too
+    again = streams.sample_pk_batches(index, p, k, steps, seed=1, epoch=0).numpy()
+    np.testing.assert_array_equal(flat, again)  # repeatable
+    later = streams.sample_pk_batches(index, p, k, steps, seed=1, epoch=1).numpy()
+    assert not np.array_equal(flat, later)  # re-sampled every epoch
+
+
+def test_pk_stream_batches_images_with_their_labels(mnist):
+    x, y = mnist.x_train[:2000], mnist.y_train[:2000]
+    stream = streams.pk_stream(x, y, classes_per_batch=4, images_per_class=8, seed=0)
+    for images, batch_labels in stream.take(3):
+        assert images.shape == (32, 28, 28, 1) and images.dtype.name == "float32"
+        counts = np.unique(batch_labels.numpy(), return_counts=True)[1]
+        assert counts.tolist() == [8, 8, 8, 8]
+        # Each image is the training image its label says it is.
+        assert any(np.array_equal(images[0].numpy(), x[i]) for i in np.flatnonzero(
+            y == batch_labels[0].numpy()))
+    fixed = [b[1].numpy() for b in streams.evaluation_pk_batches(x, y, 4, 8)]
+    assert len(fixed) == streams.steps_per_epoch(2000, 32)
+    np.testing.assert_array_equal(
+        np.concatenate(fixed),
+        np.concatenate([b[1].numpy() for b in streams.evaluation_pk_batches(x, y, 4, 8)]))
+
+
+def test_pk_stream_needs_p_classes_and_k_images(labels):
+    from keras_siamese.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--classes-per-batch 5: only 4 classes"):
+        streams.check_pk(labels, 5, 2)
+    with pytest.raises(ConfigError, match="--images-per-class 3: the smallest class has only 2"):
+        streams.check_pk(labels, 2, 3)

@@ -81,3 +81,16 @@ def test_same_seed_same_weights_and_overwrite(tmp_path):
     c = keras.models.load_model(tmp_path / "out" / "a" / "model.keras")
     assert json.loads((tmp_path / "out" / "a" / "config.json").read_text())["seed"] == 8
     assert any(not np.array_equal(wa.numpy(), wc.numpy()) for wa, wc in zip(a.weights, c.weights))
+
+
+@pytest.mark.parametrize("variant", ["triplet-semi-hard", "contrastive-hard-negative"])
+def test_online_mining_trains_on_pk_batches(tmp_path, variant):
+    loss, _, mining = variant.partition("-")
+    train(tmp_path, "--loss", loss, "--mining", mining, "--epochs", "1", "--limit", "1000",
+          "--classes-per-batch", "5", "--images-per-class", "8", "--no-frames", "--no-projector")
+    run = tmp_path / "out" / f"{variant}_mnist"
+    config = json.loads((run / "config.json").read_text())
+    assert config["mining"] == mining and config["classes_per_batch"] == 5
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert np.isfinite(float(rows[0]["loss"])) and np.isfinite(float(rows[0]["val_loss"]))
+    assert json.loads((run / "metrics.json").read_text())["precision_at_1"] > 0.2
