@@ -5,7 +5,9 @@
 On real MNIST at the default batch size (128) and settings, it measures
 
 1. the machine's float32 peak: a 4096 x 4096 matrix product (2 n^3 FLOP), best of 5;
-2. for every model kind, training examples/s (pairs, triplets or images per second) and
+2. for every model kind (the four losses with the study's offline pairs/triplets, and
+   online mining on P x K = 8 x 16 batches), training examples/s (pairs, triplets or
+   images per second) and
    images/s, the best of three windows of ``--steps / 3`` steps after a warm-up, the achieved GFLOP/s from the counted
    FLOPs of the embedding net (forward: 2 x multiply-adds of every conv and dense layer;
    training: 3 x forward, backward costing about twice the forward), and its share of the
@@ -34,8 +36,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-MODELS = ("softmax", "contrastive", "bce", "triplet")
-IMAGES_PER_EXAMPLE = {"softmax": 1, "contrastive": 2, "bce": 2, "triplet": 3}
+MODELS = ("softmax", "contrastive", "bce", "triplet", "triplet-batch-all", "triplet-batch-hard",
+          "triplet-semi-hard", "contrastive-hard-negative")
+IMAGES_PER_EXAMPLE = {"softmax": 1, "contrastive": 2, "bce": 2, "triplet": 3}  # online: 1
 
 
 def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
@@ -67,7 +70,7 @@ def forward_multiply_adds(embedding) -> int:
     return total
 
 
-def _setup(loss: str, data):
+def _setup(variant: str, data):
     """The model and training stream exactly as ``siamese-keras train`` builds them."""
     import keras
     import tensorflow as tf
@@ -76,23 +79,26 @@ def _setup(loss: str, data):
     from keras_siamese.config import TrainConfig
 
     keras.backend.clear_session()
-    config = TrainConfig(loss=loss)
+    loss, _, mining = variant.partition("-")
+    config = TrainConfig(loss=loss, mining=mining or "random")
     sets = evaluation.evaluation_sets(data, (), None, config.seed)
     x = sets.seen.train_images
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    embedding = models.embedding_net(x.shape[1:], config.embedding_dim,
-                                     mean=float(x.mean()), std=float(x.std()))
-    steps = streams.steps_per_epoch(len(x), config.batch_size)
-    model = experiment.compiled_model(config, embedding, data.num_classes, steps)
+    batch = config.classes_per_batch * config.images_per_class if config.online else \
+        config.batch_size
+    steps = streams.steps_per_epoch(len(x), batch)
+    model = experiment.compiled_model(config, x.shape[1:], float(x.mean()), float(x.std()),
+                                      data.num_classes, steps)
+    embedding = models.embedding_of(model)
     train, _ = experiment.training_streams(config, sets.seen, 0)
-    return config, embedding, model, train
+    return config, embedding, model, train, batch
 
 
 def training_speed(loss: str, data, steps: int, warmup: int = 20, windows: int = 3) -> dict:
     """Examples/s of the best of ``windows`` timed windows of ``steps // windows`` steps:
     the best, because other tenants of a shared machine only ever slow a window down."""
-    config, embedding, model, train = _setup(loss, data)
+    config, embedding, model, train, batch = _setup(loss, data)
     model.fit(train, epochs=1, steps_per_epoch=warmup, verbose=0)  # traces the step
     window = max(1, steps // windows)
     seconds = float("inf")
@@ -100,22 +106,22 @@ def training_speed(loss: str, data, steps: int, warmup: int = 20, windows: int =
         started = time.perf_counter()
         model.fit(train, epochs=1, steps_per_epoch=window, verbose=0)
         seconds = min(seconds, time.perf_counter() - started)
-    examples = window * config.batch_size / seconds
+    examples = window * batch / seconds
     return {"examples_per_s": examples,
-            "images_per_s": examples * IMAGES_PER_EXAMPLE[loss],
+            "images_per_s": examples * IMAGES_PER_EXAMPLE.get(loss, 1),
             "train_flop_per_image": 3 * 2 * forward_multiply_adds(embedding)}
 
 
 def stream_speed(loss: str, data, steps: int) -> float:
     """Examples/s of the training stream alone (sampling, gathering, batching)."""
-    config, _, _, train = _setup(loss, data)
+    config, _, _, train, batch = _setup(loss, data)
     batches = iter(train)
     for _ in range(20):
         next(batches)
     started = time.perf_counter()
     for _ in range(steps):
         next(batches)
-    return steps * config.batch_size / (time.perf_counter() - started)
+    return steps * batch / (time.perf_counter() - started)
 
 
 def epoch_seconds(data_dir, epochs: int, **options) -> float:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from keras_siamese.errors import ConfigError
 
-LOSSES = ("softmax", "contrastive", "bce", "triplet")
+LOSSES = ("softmax", "contrastive", "bce", "triplet", "vae")
 DATASETS = ("mnist", "fashion_mnist")
 # "random": the study's offline pairs/triplets; the rest mine P x K batches online.
-MINING = {"softmax": ("random",), "bce": ("random",),
+MINING = {"softmax": ("random",), "bce": ("random",), "vae": ("random",),
           "contrastive": ("random", "hard-negative"),
           "triplet": ("random", "batch-all", "batch-hard", "semi-hard")}
 

@@ -51,11 +51,12 @@ class Embedder:
         import keras
 
         import keras_siamese  # noqa: F401  (registers the custom layers and losses)
+        from keras_siamese import models
         try:
             model = keras.saving.load_model(path, compile=False)
         except (OSError, ValueError, KeyError) as error:
             raise DataError(f"cannot load {path}: {error}") from None
-        embedding = model if model.name == "embedding" else model.get_layer("embedding")
+        embedding = models.embedding_of(model)
         self.input_shape = tuple(embedding.input_shape[1:])
         self._embed = lambda x: embedding(x, training=False).numpy()
 

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese import streams
+from keras_siamese import models, streams
 from keras_siamese.data import ImageData, balanced_subset
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.metrics import embedding_metrics
@@ -216,7 +216,7 @@ def load_embedding(run_dir) -> keras.Model:
         raise ConfigError(f"{path} not found: give the folder of a finished training run")
     try:
         model = keras.saving.load_model(path, compile=False)
-        return model.get_layer("embedding")
+        return models.embedding_of(model)
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"cannot load {path}: {error}") from None
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_siamese import checkpoint, evaluation, export, latent, models, projector, streams
@@ -28,11 +29,11 @@ from keras_siamese.config import TrainConfig
 from keras_siamese.data import load_dataset
 from keras_siamese.errors import ConfigError, DataError, Interrupted
 from keras_siamese.evaluation import Split
-from keras_siamese.losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss,
-                                  TripletLoss)
+from keras_siamese.losses import (BernoulliReconstructionLoss, ContrastiveLoss, GaussianKLLoss,
+                                  OnlineContrastiveLoss, OnlineTripletLoss, TripletLoss)
 from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
                                    write_json, write_text)
-from keras_siamese.plots import scatter_embeddings
+from keras_siamese.plots import manifold_image, reconstruction_strip, scatter_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +47,32 @@ class RunResult:
     metrics: dict
 
 
-def compiled_model(config: TrainConfig, embedding, num_classes: int,
-                    steps_per_epoch: int) -> keras.Model:
-    """The loss's model around the shared embedding net, compiled with its loss, metrics
-    and Adam on a cosine-decayed learning rate."""
-    if config.online:
-        model = models.online_model(embedding)
-        loss = (OnlineTripletLoss(config.margin, config.mining) if config.loss == "triplet"
-                else OnlineContrastiveLoss(config.margin))
-        metrics = []
-    elif config.loss == "softmax":
-        model = models.classifier_model(embedding, num_classes)
-        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["sparse_categorical_accuracy"]
-    elif config.loss == "triplet":
-        model, loss, metrics = models.triplet_model(embedding), TripletLoss(config.margin), []
-    elif config.loss == "bce":
-        model = models.bce_model(embedding)
-        loss, metrics = keras.losses.BinaryCrossentropy(), ["binary_accuracy"]
+def compiled_model(config: TrainConfig, input_shape, pixel_mean: float, pixel_std: float,
+                   num_classes: int, steps_per_epoch: int) -> keras.Model:
+    """The loss's model around a fresh shared embedding net (for the VAE: the encoder),
+    compiled with its loss, metrics and Adam on a cosine-decayed learning rate."""
+    net = dict(mean=pixel_mean, std=pixel_std)
+    metrics = []
+    if config.loss == "vae":
+        model = models.vae_model(models.vae_encoder(input_shape, config.embedding_dim, **net),
+                                 models.vae_decoder(config.embedding_dim, input_shape))
+        loss = {"reconstruction": BernoulliReconstructionLoss(), "posterior": GaussianKLLoss()}
     else:
-        model, loss, metrics = (models.contrastive_model(embedding),
-                                ContrastiveLoss(config.margin), [])
+        embedding = models.embedding_net(input_shape, config.embedding_dim, **net)
+        if config.online:
+            model = models.online_model(embedding)
+            loss = (OnlineTripletLoss(config.margin, config.mining) if config.loss == "triplet"
+                    else OnlineContrastiveLoss(config.margin))
+        elif config.loss == "softmax":
+            model = models.classifier_model(embedding, num_classes)
+            loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["sparse_categorical_accuracy"]
+        elif config.loss == "triplet":
+            model, loss = models.triplet_model(embedding), TripletLoss(config.margin)
+        elif config.loss == "bce":
+            model = models.bce_model(embedding)
+            loss, metrics = keras.losses.BinaryCrossentropy(), ["binary_accuracy"]
+        else:
+            model, loss = models.contrastive_model(embedding), ContrastiveLoss(config.margin)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
@@ -82,6 +89,9 @@ def training_streams(config: TrainConfig, seen: Split, start_epoch: int):
         p, k = config.classes_per_batch, config.images_per_class
         return (streams.pk_stream(x_train, y_train, p, k, seed, start_epoch),
                 streams.evaluation_pk_batches(x_test, y_test, p, k))
+    if config.loss == "vae":
+        return (streams.vae_stream(x_train, y_train, b, seed, start_epoch),
+                streams.evaluation_vae_images(x_test, y_test, b))
     if config.loss == "softmax":
         return (streams.image_stream(x_train, y_train, b, seed, start_epoch),
                 streams.evaluation_images(x_test, y_test, b))
@@ -170,15 +180,14 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
     tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed
     if resume:
         model = checkpoint.load_checkpoint(saved)  # weights, optimiser state, step count
-        embedding = model.get_layer("embedding")
         log_dir.mkdir(parents=True, exist_ok=True)
         log.info("resuming %s after epoch %d of %d", run_dir, start_epoch, config.epochs)
     else:
         create_run_folders([run_dir, log_dir], config.overwrite)
         write_text(run_dir / "config.json", config.to_json())
-        embedding = models.embedding_net(x_train.shape[1:], config.embedding_dim,
-                                         mean=float(x_train.mean()), std=float(x_train.std()))
-        model = compiled_model(config, embedding, data.num_classes, steps)
+        model = compiled_model(config, x_train.shape[1:], float(x_train.mean()),
+                               float(x_train.std()), data.num_classes, steps)
+    embedding = models.embedding_of(model)
     train, validation = training_streams(config, sets.seen, start_epoch)
     log.info("training %s on %d %s images for %d epochs", model.name, len(y_train),
              config.dataset, config.epochs)
@@ -215,6 +224,21 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         f"(P@1 {metrics['precision_at_1']:.4f})",
         run_dir / "embedding.png",
     )
+    if config.loss == "vae":
+        vae_figures(model, embedding, data, run_dir)
     # Finished: model.keras holds the final state, the checkpoint is no longer needed.
     shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)
     return RunResult(run_dir, log_dir, metrics)
+
+
+def vae_figures(model: keras.Model, embedding: keras.Model, data, run_dir: Path) -> None:
+    """``manifold.png``: images decoded over the latent plane where the test means lie
+    (2-D latents only); ``reconstructions.png``: test images above their reconstructions."""
+    decoder = model.get_layer("decoder")
+    if embedding.output.shape[-1] == 2:
+        means = evaluation.embed(embedding, data.x_test)
+        low, high = np.percentile(means, [1, 99], axis=0)
+        manifold_image(decoder, ((low[0], high[0]), (low[1], high[1])), run_dir / "manifold.png")
+    shown = data.x_test[:12].astype("float32")
+    reconstruction_strip(shown, decoder(embedding(shown, training=False)).numpy(),
+                         run_dir / "reconstructions.png")

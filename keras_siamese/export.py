@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_siamese import models
 from keras_siamese.errors import ConfigError, DataError, OutputError
 from keras_siamese.outputs import atomic_path
 
@@ -33,7 +34,7 @@ def export_saved_model(model: keras.Model, path) -> Path:
     ``model`` is any model built by :mod:`keras_siamese.models` (or the embedding net
     itself). The folder appears complete or not at all.
     """
-    embedding = model if model.name == "embedding" else model.get_layer("embedding")
+    embedding = models.embedding_of(model)
     image = tf.TensorSpec([None, *embedding.input_shape[1:]], tf.float32)
 
     archive = keras.export.ExportArchive()

@@ -59,3 +59,27 @@ class TripletDistances(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
+class GaussianSample(keras.layers.Layer):
+    """``[mean, log_var] -> mean + exp(log_var / 2) * eps``, eps ~ N(0, I) (the VAE's
+    reparameterisation trick); at inference (``training`` false) just the mean."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        mean, log_var = inputs
+        if not training:
+            return mean
+        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        return mean + ops.exp(0.5 * log_var) * eps
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}

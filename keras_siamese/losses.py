@@ -183,3 +183,64 @@ class OnlineContrastiveLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}
+
+
+def bernoulli_reconstruction_loss(images, logits):
+    """Negative Bernoulli log-likelihood of an image under the decoder, per image, in nats:
+
+    ``-log p(x | z) = sum over pixels of  -[x log s(l) + (1 - x) log(1 - s(l))]``
+
+    with ``x = pixel / 255`` in [0, 1] (grey levels used as Bernoulli probabilities, as in
+    Kingma & Welling's MNIST experiments), ``l`` the decoder's logit and ``s`` the sigmoid.
+
+    Args:
+        images: raw pixels 0..255, (batch, H, W, C).
+        logits: the decoder's output, same shape.
+
+    Returns:
+        (batch,) nats per image.
+    """
+    targets = ops.cast(images, "float32") / 255.0
+    per_pixel = ops.binary_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
+    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=1)
+
+
+def gaussian_kl_loss(y_true, posterior):
+    """KL divergence of q(z | x) = N(mean, diag(exp(log_var))) from the prior N(0, I):
+
+    ``KL = -1/2 * sum_k (1 + log_var_k - mean_k^2 - exp(log_var_k))``
+
+    Args:
+        y_true: ignored.
+        posterior: (batch, 2 * latent) holding ``[mean, log_var]``.
+
+    Returns:
+        (batch,) nats per image. With the reconstruction loss it makes the negative ELBO.
+    """
+    del y_true
+    mean, log_var = ops.split(ops.cast(posterior, "float32"), 2, axis=-1)
+    return -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
+class BernoulliReconstructionLoss(keras.losses.Loss):
+    """VAE reconstruction term (see :func:`bernoulli_reconstruction_loss`); ``y_true`` the
+    raw images, ``y_pred`` the decoder's logits."""
+
+    def __init__(self, reduction="sum_over_batch_size", name="reconstruction_loss",
+                 dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return bernoulli_reconstruction_loss(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
+class GaussianKLLoss(keras.losses.Loss):
+    """VAE prior term (see :func:`gaussian_kl_loss`) on ``y_pred = [mean, log_var]``."""
+
+    def __init__(self, reduction="sum_over_batch_size", name="kl_loss", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return gaussian_kl_loss(y_true, y_pred)

@@ -8,7 +8,8 @@ there is one set of weights, updated once per step from all branches.
 
 import keras
 
-from keras_siamese.layers import AbsoluteDifference, EuclideanDistance, TripletDistances
+from keras_siamese.layers import (AbsoluteDifference, EuclideanDistance, GaussianSample,
+                                  TripletDistances)
 
 
 def _prelu(name: str, shared_axes=None):
@@ -17,13 +18,8 @@ def _prelu(name: str, shared_axes=None):
                               name=name)
 
 
-def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std=1.0):
-    """The study's EmbeddingNet (Bielski's siamese-triplet) as a Keras functional model.
-
-    Normalize((x - mean) / std) -> Conv 32 5x5, PReLU, MaxPool 2 -> Conv 64 5x5, PReLU,
-    MaxPool 2 -> Dense 256, PReLU -> Dense 256, PReLU -> Dense ``embedding_dim``.
-    """
-    image = keras.Input(input_shape, name="image")
+def _trunk(image, mean, std):
+    """The study's network up to its last hidden layer (256 features)."""
     x = keras.layers.Normalization(mean=mean, variance=float(std) ** 2, name="normalize")(image)
     x = keras.layers.Conv2D(32, 5, name="conv1")(x)
     x = _prelu("prelu1", shared_axes=[1, 2])(x)
@@ -35,9 +31,30 @@ def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std
     x = keras.layers.Dense(256, name="fc1")(x)
     x = _prelu("prelu3")(x)
     x = keras.layers.Dense(256, name="fc2")(x)
-    x = _prelu("prelu4")(x)
-    embedding = keras.layers.Dense(embedding_dim, name="fc_embedding")(x)
+    return _prelu("prelu4")(x)
+
+
+def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std=1.0):
+    """The study's EmbeddingNet (Bielski's siamese-triplet) as a Keras functional model.
+
+    Normalize((x - mean) / std) -> Conv 32 5x5, PReLU, MaxPool 2 -> Conv 64 5x5, PReLU,
+    MaxPool 2 -> Dense 256, PReLU -> Dense 256, PReLU -> Dense ``embedding_dim``.
+    """
+    image = keras.Input(input_shape, name="image")
+    embedding = keras.layers.Dense(embedding_dim, name="fc_embedding")(_trunk(image, mean, std))
     return keras.Model(image, embedding, name="embedding")
+
+
+def embedding_of(model) -> keras.Model:
+    """The embedding net inside any model built here: the shared ``embedding`` sub-model,
+    or for the VAE the encoder's mean (the VAE's embedding is its latent mean)."""
+    if model.name == "embedding":
+        return model
+    names = {layer.name for layer in model.layers}
+    if "embedding" in names:
+        return model.get_layer("embedding")
+    encoder = model.get_layer("encoder")
+    return keras.Model(encoder.input, encoder.outputs[0], name="embedding")
 
 
 def _inputs(embedding, *names):
@@ -82,3 +99,40 @@ def online_model(embedding):
     (with the labels as ``y_true``) and mines its pairs or triplets."""
     (image,) = _inputs(embedding, "image")
     return keras.Model(image, embedding(image), name="online_embedding")
+
+
+def vae_encoder(input_shape=(28, 28, 1), latent_dim: int = 2, mean=0.0, std=1.0):
+    """The embedding net with two heads: the mean and the log-variance of q(z | x)."""
+    image = keras.Input(input_shape, name="image")
+    features = _trunk(image, mean, std)
+    z_mean = keras.layers.Dense(latent_dim, name="fc_embedding")(features)
+    z_log_var = keras.layers.Dense(latent_dim, name="fc_log_variance")(features)
+    return keras.Model(image, [z_mean, z_log_var], name="encoder")
+
+
+def vae_decoder(latent_dim: int = 2, output_shape=(28, 28, 1)):
+    """z -> Dense 256, PReLU -> Dense 64 x (H/4) x (W/4), PReLU -> ConvTranspose 64 4x4/2,
+    PReLU -> ConvTranspose 32 4x4/2, PReLU -> Conv C 3x3: per-pixel Bernoulli logits."""
+    height, width, channels = output_shape
+    z = keras.Input((latent_dim,), name="z")
+    x = _prelu("dec_prelu1")(keras.layers.Dense(256, name="dec_fc1")(z))
+    x = keras.layers.Dense(64 * (height // 4) * (width // 4), name="dec_fc2")(x)
+    x = keras.layers.Reshape((height // 4, width // 4, 64), name="dec_reshape")(
+        _prelu("dec_prelu2")(x))
+    x = keras.layers.Conv2DTranspose(64, 4, strides=2, padding="same", name="dec_up1")(x)
+    x = _prelu("dec_prelu3", shared_axes=[1, 2])(x)
+    x = keras.layers.Conv2DTranspose(32, 4, strides=2, padding="same", name="dec_up2")(x)
+    x = _prelu("dec_prelu4", shared_axes=[1, 2])(x)
+    logits = keras.layers.Conv2D(channels, 3, padding="same", name="dec_logits")(x)
+    return keras.Model(z, logits, name="decoder")
+
+
+def vae_model(encoder, decoder):
+    """Image -> q(z | x) -> sample z -> p(x | z); outputs the reconstruction logits and the
+    posterior ``[mean, log_var]`` concatenated, for the two terms of the ELBO."""
+    (image,) = _inputs(encoder, "image")
+    z_mean, z_log_var = encoder(image)
+    z = GaussianSample(name="sample")([z_mean, z_log_var])
+    posterior = keras.layers.Concatenate(name="posterior")([z_mean, z_log_var])
+    return keras.Model(image, {"reconstruction": decoder(z), "posterior": posterior},
+                       name="vae")

@@ -64,3 +64,53 @@ def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits
         fig.savefig(tmp)
     plt.close(fig)
     return drawn
+
+
+def _sigmoid(logits) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+
+
+def manifold_image(decoder, limits, path, n: int = 20) -> None:
+    """The decoder's images (mean pixel values) on an n x n grid of a 2-D latent plane
+    spanning ``limits`` ((z0 min, z0 max), (z1 min, z1 max)); z1 grows upwards."""
+    z0 = np.linspace(*limits[0], n)
+    z1 = np.linspace(*limits[1], n)[::-1]
+    grid = np.array([[a, b] for b in z1 for a in z0], np.float32)
+    images = _sigmoid(decoder(grid, training=False).numpy())
+    h, w = images.shape[1:3]
+    tiles = images[..., 0] if images.shape[-1] == 1 else images
+    canvas = tiles.reshape(n, n, h, w, *tiles.shape[3:]).swapaxes(1, 2).reshape(
+        n * h, n * w, *tiles.shape[3:])
+    fig, ax = plt.subplots(figsize=(8, 8), dpi=100)
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1,
+              extent=(*limits[0], *limits[1]), aspect="auto")
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title("VAE: images decoded over the latent plane")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+def reconstruction_strip(images, logits, path) -> None:
+    """Originals (top row, raw pixels) above the decoder's reconstructions (bottom row)."""
+    originals = np.asarray(images, np.float64) / 255.0
+    decoded = _sigmoid(logits)
+    count = len(originals)
+    fig, axes = plt.subplots(2, count, figsize=(1.2 * count, 2.8), dpi=100, squeeze=False)
+    for i in range(count):
+        for row, pictures in enumerate((originals, decoded)):
+            ax = axes[row][i]
+            picture = pictures[i]
+            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray",
+                      vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("test")
+    axes[1][0].set_ylabel("decoded")
+    fig.suptitle("VAE reconstructions from the latent mean")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)

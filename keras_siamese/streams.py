@@ -236,6 +236,22 @@ def evaluation_pk_batches(images, labels, classes_per_batch: int, images_per_cla
     return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
 
 
+def _vae_element(x, label):
+    # The image is its own target; the KL term ignores its (dummy) target.
+    del label
+    return x, {"reconstruction": x, "posterior": tf.zeros((tf.shape(x)[0], 1))}
+
+
+def vae_stream(images, labels, batch_size: int, seed: int, start_epoch: int = 0):
+    """Endless shuffled batches for the VAE: ``(x, {"reconstruction": x, "posterior": 0})``."""
+    return image_stream(images, labels, batch_size, seed, start_epoch).map(_vae_element)
+
+
+def evaluation_vae_images(images, labels, batch_size: int):
+    """All (test) images in stored order, as :func:`vae_stream` gives them."""
+    return evaluation_images(images, labels, batch_size).map(_vae_element)
+
+
 def evaluation_pairs(images, labels, batch_size: int):
     """The fixed evaluation pairs ``((x1, x2), y)`` drawn from (test) images with EVAL_SEED."""
     sample = sample_pairs(class_index(labels), EVAL_SEED, 0)
