@@ -37,7 +37,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODELS = ("softmax", "contrastive", "bce", "triplet", "triplet-batch-all", "triplet-batch-hard",
-          "triplet-semi-hard", "contrastive-hard-negative")
+          "triplet-semi-hard", "contrastive-hard-negative", "vae")
 IMAGES_PER_EXAMPLE = {"softmax": 1, "contrastive": 2, "bce": 2, "triplet": 3}  # online: 1
 
 
@@ -55,13 +55,18 @@ def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def forward_multiply_adds(embedding) -> int:
-    """Multiply-adds of one image through the conv and dense layers of the embedding net."""
+def forward_multiply_adds(network) -> int:
+    """Multiply-adds of one image through the conv, transposed-conv and dense layers of
+    ``network`` (the embedding net; for the VAE, encoder and decoder)."""
     import keras
 
     total = 0
-    for layer in embedding.layers:
-        if isinstance(layer, keras.layers.Conv2D):
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # every input pixel scatters
+            _, height, width, channels = layer.input.shape
+            kh, kw = layer.kernel_size
+            total += kh * kw * channels * layer.filters * height * width
+        elif isinstance(layer, keras.layers.Conv2D):
             _, height, width, filters = layer.output.shape
             kh, kw = layer.kernel_size
             total += kh * kw * layer.input.shape[-1] * filters * height * width
@@ -107,9 +112,11 @@ def training_speed(loss: str, data, steps: int, warmup: int = 20, windows: int =
         model.fit(train, epochs=1, steps_per_epoch=window, verbose=0)
         seconds = min(seconds, time.perf_counter() - started)
     examples = window * batch / seconds
+    networks = ([model.get_layer("encoder"), model.get_layer("decoder")] if loss == "vae"
+                else [embedding])
     return {"examples_per_s": examples,
             "images_per_s": examples * IMAGES_PER_EXAMPLE.get(loss, 1),
-            "train_flop_per_image": 3 * 2 * forward_multiply_adds(embedding)}
+            "train_flop_per_image": 3 * 2 * sum(map(forward_multiply_adds, networks))}
 
 
 def stream_speed(loss: str, data, steps: int) -> float:
