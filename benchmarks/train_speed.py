@@ -5,19 +5,20 @@
 On real MNIST at the default batch size (128) and settings, it measures
 
 1. the machine's float32 peak: a 4096 x 4096 matrix product (2 n^3 FLOP), best of 5;
-2. for every model kind (the four losses with the study's offline pairs/triplets, and
-   online mining on P x K = 8 x 16 batches), training examples/s (pairs, triplets or
-   images per second) and
-   images/s, the best of three windows of ``--steps / 3`` steps after a warm-up, the achieved GFLOP/s from the counted
-   FLOPs of the embedding net (forward: 2 x multiply-adds of every conv and dense layer;
-   training: 3 x forward, backward costing about twice the forward), and its share of the
-   peak; the heads (a distance, a 2 -> 1 or 2 -> 10 dense layer) are left out of the count;
+2. for every model kind (the four losses with the study's offline pairs/triplets, online
+   mining on P x K = 8 x 16 batches, the VAE), training examples/s (pairs, triplets or
+   images per second) and images/s, the best of three windows of ``--steps / 3`` steps
+   after a warm-up; the achieved GFLOP/s from the counted FLOPs (forward: 2 x the
+   multiply-adds of every conv, transposed-conv and dense layer of the embedding net, or
+   of the VAE's encoder and decoder; training: 3 x forward, the backward pass costing about
+   twice the forward) and its share of the peak; the Siamese heads (a distance, a 2 -> 1
+   or 2 -> 10 dense layer) are left out of the count;
 3. the training stream alone (examples/s, no model), and how many times faster than
    training it is;
 4. seconds per full MNIST epoch of the contrastive model (``siamese-keras train``'s own
-   code, ``--epochs`` epochs, best of ``--repeats`` interleaved runs) with the callbacks off (no frames, no projector), at the
-   defaults (frames, projector, history, TensorBoard scalars), and with the metrics every
-   epoch too (``--eval-every 1``);
+   code, ``--epochs`` epochs, best of ``--repeats`` interleaved runs) with the callbacks
+   off (no frames, no projector), at the defaults (frames, projector, history, TensorBoard
+   scalars), and with the metrics every epoch too (``--eval-every 1``);
 5. the process's peak resident memory.
 
 Other work on the machine slows every figure: the 1-minute load average is printed too.

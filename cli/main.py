@@ -45,7 +45,8 @@ def app():
 @app.command()
 @click.option("--loss", type=click.Choice(LOSSES), default="contrastive", show_default=True,
               help="softmax: classifier baseline; contrastive / bce: Siamese pairs; "
-                   "triplet: anchor-positive-negative.")
+                   "triplet: anchor-positive-negative; vae: variational autoencoder (its "
+                   "latent mean is the embedding).")
 @click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True,
               help="Dataset; loaded offline from --data-dir, TFDS or the packaged copies.")
 @click.option("--epochs", type=int, default=10, show_default=True,

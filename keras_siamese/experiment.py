@@ -4,10 +4,12 @@ It trains the model chosen by ``config.loss`` and leaves in the run folder:
 ``config.json``, ``history.csv``, ``model.keras``, ``embedding.png``, ``metrics.json``,
 the SavedModel ``saved_model/`` (:mod:`keras_siamese.export`), plus the latent-space
 frames (``frames/``, ``latent.gif``, ``latent_embeddings.npz``, see
-:mod:`keras_siamese.latent`). While it trains, ``checkpoints/`` holds the last finished
-epoch, so an interrupted run can resume (:mod:`keras_siamese.checkpoint`). TensorBoard scalars go to ``<log_dir>/<run name>/train`` and
-``/validation``, the embedding metrics (:mod:`keras_siamese.evaluation`) to ``/metrics``,
-projector data to ``/projector`` (:mod:`keras_siamese.projector`).
+:mod:`keras_siamese.latent`); a VAE run adds ``manifold.png`` and ``reconstructions.png``.
+While it trains, ``checkpoints/`` holds the last finished epoch, so an interrupted run can
+resume (:mod:`keras_siamese.checkpoint`). TensorBoard scalars go to
+``<log_dir>/<run name>/train`` and ``/validation``, the embedding metrics
+(:mod:`keras_siamese.evaluation`) to ``/metrics``, projector data to ``/projector``
+(:mod:`keras_siamese.projector`).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def compiled_model(config: TrainConfig, input_shape, pixel_mean: float, pixel_st
                     else OnlineContrastiveLoss(config.margin))
         elif config.loss == "softmax":
             model = models.classifier_model(embedding, num_classes)
-            loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["sparse_categorical_accuracy"]
+            loss = keras.losses.SparseCategoricalCrossentropy()
+            metrics = ["sparse_categorical_accuracy"]
         elif config.loss == "triplet":
             model, loss = models.triplet_model(embedding), TripletLoss(config.margin)
         elif config.loss == "bce":

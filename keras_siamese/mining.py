@@ -2,9 +2,10 @@
 
 Every function takes the batch's labels ``(B,)`` and its squared Euclidean distance
 matrix ``d2 (B, B)`` and returns a boolean mask of what it selects; the loss arithmetic
-lives in :mod:`keras_siamese.losses` (``online_triplet_loss``, ``online_contrastive_loss``). Terms, for an anchor ``a``: a positive ``p``
-has its class (``p != a``), a negative ``n`` another class; a triplet ``(a, p, n)`` is
-valid when both hold.
+lives in :mod:`keras_siamese.losses` (``online_triplet_loss``,
+``online_contrastive_loss``). Terms, for an anchor ``a``: a positive ``p`` has its class
+(``p != a``), a negative ``n`` another class; a triplet ``(a, p, n)`` is valid when both
+hold.
 
 - ``batch-all``: every valid triplet (the loss then averages over those with a positive
   loss; Hermans, Beyer, Leibe 2017).

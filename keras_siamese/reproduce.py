@@ -38,6 +38,9 @@ TABLE = SHOWN[:2] + (("r_precision", "R-prec."), ("knn_accuracy", "5-NN acc."),
                      ("roc_auc", "pair AUC"), ("verification_accuracy", "verif. acc.")) + SHOWN[2:]
 
 
+PER_ROW = 5  # plots side by side in results.png
+
+
 def grid_configs(variants, datasets, **settings) -> list[TrainConfig]:
     """One TrainConfig per (dataset, variant), datasets outermost, all with ``settings``.
     A variant is a loss (``triplet``) or a loss with online mining (``triplet-batch-hard``)."""
@@ -101,12 +104,16 @@ def results_figure(rows: list[dict], path) -> None:
     """The grid of ``embedding.png`` plots, one row per dataset, numbers under each."""
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     losses = list(dict.fromkeys(r["loss"] for r in rows))
-    fig, axes = plt.subplots(len(datasets), len(losses), squeeze=False,
-                             figsize=(4.2 * len(losses), 4.6 * len(datasets)), dpi=80)
+    # At most PER_ROW plots side by side: a dataset's runs wrap onto further rows.
+    columns = min(len(losses), PER_ROW)
+    wraps = -(-len(losses) // columns)
+    fig, axes = plt.subplots(len(datasets) * wraps, columns, squeeze=False,
+                             figsize=(4.2 * columns, 4.6 * len(datasets) * wraps), dpi=80)
     for ax in axes.flat:
         ax.axis("off")
     for row in rows:
-        ax = axes[datasets.index(row["dataset"])][losses.index(row["loss"])]
+        at = losses.index(row["loss"])
+        ax = axes[datasets.index(row["dataset"]) * wraps + at // columns][at % columns]
         ax.imshow(plt.imread(Path(row["run_dir"]) / "embedding.png"))
         ax.set_title(f"{row['loss']} · {row['dataset']}", fontsize=12)
         ax.text(0.5, -0.02, "   ".join(f"{label} {_value(row, key)}" for key, label in SHOWN),
