@@ -166,6 +166,13 @@ def _finish(dataset: tf.data.Dataset, to_element) -> tf.data.Dataset:
     return dataset.map(to_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
+def _labelled_element(images, labels):
+    """Index batch -> ``(images, labels)``, both gathered from in-memory tensors."""
+    gather = _gatherer(images)
+    label_tensor = tf.constant(np.asarray(labels), tf.int32)
+    return lambda idx: (gather(idx), tf.gather(label_tensor, idx))
+
+
 def _pair_element(gather):
     return lambda first, second, same: ((gather(first), gather(second)), same)
 
@@ -191,11 +198,9 @@ def triplet_stream(images, labels, batch_size: int, seed: int, start_epoch: int 
 
 def image_stream(images, labels, batch_size: int, seed: int, start_epoch: int = 0):
     """Endless shuffled training batches ``(x, label)`` for the classifier."""
-    label_tensor = tf.constant(np.asarray(labels), tf.int32)
     index = class_index(labels)
     stream = _endless(lambda e: _anchors(index, seed, e), batch_size, start_epoch)
-    gather = _gatherer(images)
-    return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
+    return _finish(stream, _labelled_element(images, labels))
 
 
 def check_pk(labels, classes_per_batch: int, images_per_class: int) -> None:
@@ -219,9 +224,7 @@ def pk_stream(images, labels, classes_per_batch: int, images_per_class: int, see
     steps = steps_per_epoch(len(labels), batch)
     stream = _endless(lambda e: sample_pk_batches(index, classes_per_batch, images_per_class,
                                                   steps, seed, e), batch, start_epoch)
-    label_tensor = tf.constant(np.asarray(labels), tf.int32)
-    gather = _gatherer(images)
-    return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
+    return _finish(stream, _labelled_element(images, labels))
 
 
 def evaluation_pk_batches(images, labels, classes_per_batch: int, images_per_class: int):
@@ -230,10 +233,8 @@ def evaluation_pk_batches(images, labels, classes_per_batch: int, images_per_cla
     batch = classes_per_batch * images_per_class
     sample = sample_pk_batches(class_index(labels), classes_per_batch, images_per_class,
                                steps_per_epoch(len(labels), batch), EVAL_SEED, 0)
-    label_tensor = tf.constant(np.asarray(labels), tf.int32)
-    gather = _gatherer(images)
     stream = tf.data.Dataset.from_tensor_slices(sample).batch(batch)
-    return _finish(stream, lambda idx: (gather(idx), tf.gather(label_tensor, idx)))
+    return _finish(stream, _labelled_element(images, labels))
 
 
 def _vae_element(x, label):
@@ -268,8 +269,5 @@ def evaluation_triplets(images, labels, batch_size: int):
 
 def evaluation_images(images, labels, batch_size: int):
     """All images ``(x, label)`` in their stored order."""
-    stream = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(labels), dtype=np.int32), np.asarray(labels, np.int32))
-    ).batch(batch_size)
-    gather = _gatherer(images)
-    return _finish(stream, lambda idx, label: (gather(idx), label))
+    stream = tf.data.Dataset.from_tensor_slices(np.arange(len(labels), dtype=np.int32))
+    return _finish(stream.batch(batch_size), _labelled_element(images, labels))
