@@ -91,8 +91,7 @@ def _setup(variant: str, data):
     x = sets.seen.train_images
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    batch = config.classes_per_batch * config.images_per_class if config.online else \
-        config.batch_size
+    batch = config.training_batch_size
     steps = streams.steps_per_epoch(len(x), batch)
     model = experiment.compiled_model(config, x.shape[1:], float(x.mean()), float(x.std()),
                                       data.num_classes, steps)

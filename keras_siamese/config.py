@@ -96,6 +96,12 @@ class TrainConfig:
         return self.mining != "random"
 
     @property
+    def training_batch_size(self) -> int:
+        """Examples per training step: ``--batch-size``, or P x K with online mining."""
+        return self.classes_per_batch * self.images_per_class if self.online else \
+            self.batch_size
+
+    @property
     def variant(self) -> str:
         """``<loss>`` or ``<loss>-<mining>``, e.g. ``triplet-batch-hard``."""
         return f"{self.loss}-{self.mining}" if self.online else self.loss

@@ -20,7 +20,7 @@ import keras
 from keras_siamese import models
 from keras_siamese.errors import MissingDependencyError, OutputError
 from keras_siamese.outputs import atomic_path
-from keras_siamese.plots import plt
+from keras_siamese.plots import plt, save_figure
 
 DPI = 96
 
@@ -82,6 +82,4 @@ def combine(paths: list[Path], out: Path) -> None:
     fig.suptitle("One embedding net, shared by the classifier, both Siamese twins and the "
                  "triplet network", fontsize=16)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, out)

@@ -44,19 +44,11 @@ class Embedder:
             self.input_shape = tuple(spec.shape[1:])
             self._embed = lambda x: next(iter(serve(**{name: tf.constant(x)}).values())).numpy()
             return
-        if path.is_dir():
-            path = path / "model.keras"
-        if path.suffix != ".keras" or not path.is_file():
+        if path.is_file() and path.suffix != ".keras":
             raise ConfigError(f"{model_path}: not a run folder, .keras file or SavedModel folder")
-        import keras
+        from keras_siamese.evaluation import load_embedding
 
-        import keras_siamese  # noqa: F401  (registers the custom layers and losses)
-        from keras_siamese import models
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except (OSError, ValueError, KeyError) as error:
-            raise DataError(f"cannot load {path}: {error}") from None
-        embedding = models.embedding_of(model)
+        embedding = load_embedding(path)
         self.input_shape = tuple(embedding.input_shape[1:])
         self._embed = lambda x: embedding(x, training=False).numpy()
 

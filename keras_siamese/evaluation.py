@@ -208,17 +208,24 @@ class EvaluationLog(keras.callbacks.Callback):
             log_scalars(self.writer, evaluate(self.embedding, self.sets), done)
 
 
-def load_embedding(run_dir) -> keras.Model:
-    """The shared embedding net of a finished run, from its ``model.keras`` (the package's
-    ``__init__`` registers the custom layers and losses it needs)."""
-    path = Path(run_dir) / "model.keras"
+def load_run_model(path) -> keras.Model:
+    """The trained model of a finished run: ``path`` is its folder (``model.keras`` in it)
+    or a ``.keras`` file. The package's ``__init__`` registers the custom layers and losses
+    it needs."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
     if not path.is_file():
         raise ConfigError(f"{path} not found: give the folder of a finished training run")
     try:
-        model = keras.saving.load_model(path, compile=False)
-        return models.embedding_of(model)
+        return keras.saving.load_model(path, compile=False)
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"cannot load {path}: {error}") from None
+
+
+def load_embedding(run_dir) -> keras.Model:
+    """The embedding net of the finished run in ``run_dir``."""
+    return models.embedding_of(load_run_model(run_dir))
 
 
 def read_json(path) -> dict:

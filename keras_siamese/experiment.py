@@ -175,9 +175,7 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
     if config.online:
         for labels in (y_train, sets.seen.test_labels):
             streams.check_pk(labels, config.classes_per_batch, config.images_per_class)
-    batch = config.classes_per_batch * config.images_per_class if config.online else \
-        config.batch_size
-    steps = streams.steps_per_epoch(len(y_train), batch)
+    steps = streams.steps_per_epoch(len(y_train), config.training_batch_size)
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed

@@ -22,7 +22,8 @@ import keras
 import tensorflow as tf
 
 from keras_siamese import models
-from keras_siamese.errors import ConfigError, DataError, OutputError
+from keras_siamese.evaluation import load_run_model
+from keras_siamese.errors import OutputError
 from keras_siamese.outputs import atomic_path
 
 SAVED_MODEL = "saved_model"  # the export's folder name inside a run folder
@@ -77,13 +78,6 @@ def export_saved_model(model: keras.Model, path) -> Path:
 def export_run(run_dir, out=None) -> Path:
     """Export the finished run in ``run_dir`` (its ``model.keras``) to ``out``, by default
     ``run_dir/saved_model``."""
-    run_dir = Path(run_dir)
-    source = run_dir / "model.keras"
-    if not source.is_file():
-        raise ConfigError(f"{source} not found: give the folder of a finished training run")
-    try:
-        model = keras.saving.load_model(source, compile=False)
-    except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"cannot load {source}: {error}") from None
-    return export_saved_model(model, out if out is not None else run_dir / SAVED_MODEL)
+    target = out if out is not None else Path(run_dir) / SAVED_MODEL
+    return export_saved_model(load_run_model(run_dir), target)
 

@@ -60,10 +60,15 @@ def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits
         handle.set_alpha(1.0)
     fig.tight_layout()
     drawn = (ax.get_xlim(), ax.get_ylim())
+    save_figure(fig, path)
+    return drawn
+
+
+def save_figure(fig, path) -> None:
+    """Write ``fig`` to ``path`` atomically (format from the suffix) and free it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp)
     plt.close(fig)
-    return drawn
 
 
 def _sigmoid(logits) -> np.ndarray:
@@ -88,9 +93,7 @@ def manifold_image(decoder, limits, path, n: int = 20) -> None:
     ax.set_ylabel("z[1]")
     ax.set_title("VAE: images decoded over the latent plane")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def reconstruction_strip(images, logits, path) -> None:
@@ -111,6 +114,4 @@ def reconstruction_strip(images, logits, path) -> None:
     axes[1][0].set_ylabel("decoded")
     fig.suptitle("VAE reconstructions from the latent mean")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)

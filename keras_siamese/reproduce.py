@@ -27,8 +27,8 @@ import keras
 
 from keras_siamese.config import TrainConfig
 from keras_siamese.evaluation import to_json
-from keras_siamese.outputs import atomic_path, write_json, write_text
-from keras_siamese.plots import plt
+from keras_siamese.outputs import write_json, write_text
+from keras_siamese.plots import plt, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,7 @@ def results_figure(rows: list[dict], path) -> None:
         ax.text(0.5, -0.02, "   ".join(f"{label} {_value(row, key)}" for key, label in SHOWN),
                 transform=ax.transAxes, ha="center", va="top", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def results_markdown(rows: list[dict], settings: TrainConfig, command: str,
