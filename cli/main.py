@@ -7,11 +7,13 @@ exit code 2 (usage) or 1 (runtime), never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
 
-from keras_siamese.config import DATASETS, LOSSES, MINING, VARIANTS, TrainConfig
+from keras_siamese.config import (BACKBONES, DATASETS, LOSSES, MINING, STRATEGIES, VARIANTS,
+                                  TrainConfig)
 from keras_siamese.errors import SiameseError
 
 PROG = "siamese-keras"
@@ -24,6 +26,13 @@ def _class_list(ctx, param, value) -> tuple[int, ...]:
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of class "
                                  "numbers") from None
+
+
+def _dataset(ctx, param, value) -> str:
+    """A class-folder path becomes absolute, so config.json finds it from anywhere."""
+    if value in DATASETS or value.startswith("tfds:") or not os.path.isdir(value):
+        return value
+    return os.path.abspath(value)
 
 
 def _choices(allowed):
@@ -47,8 +56,21 @@ def app():
               help="softmax: classifier baseline; contrastive / bce: Siamese pairs; "
                    "triplet: anchor-positive-negative; vae: variational autoencoder (its "
                    "latent mean is the embedding).")
-@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True,
-              help="Dataset; loaded offline from --data-dir, TFDS or the packaged copies.")
+@click.option("--dataset", callback=_dataset, default="mnist", show_default=True,
+              metavar="mnist|fashion_mnist|tfds:NAME|FOLDER",
+              help="mnist or fashion_mnist (offline from --data-dir, TFDS or the packaged "
+                   "copies); tfds:NAME, a TFDS image-classification dataset prepared on this "
+                   "machine; or FOLDER with one sub-folder of PNG/JPEG images per class.")
+@click.option("--image-size", type=int, default=None,
+              help="Read images at N x N pixels  [default: MNIST-like data keeps 28 x 28; "
+                   "other data keeps its size if all images share one up to 64 x 64, "
+                   "else 64 x 64]")
+@click.option("--test-split", type=float, default=0.2, show_default=True,
+              help="Share of each class held out for testing (fixed seed), for datasets "
+                   "without a test split of their own (class folders, some TFDS sets).")
+@click.option("--backbone", type=click.Choice(BACKBONES), default="small", show_default=True,
+              help="small: the study's 2-conv network; resnet: a small ResNet (6 residual "
+                   "blocks, batch norm) for larger colour images.")
 @click.option("--epochs", type=int, default=10, show_default=True,
               help="Passes over the training images (one pair/triplet per image and epoch).")
 @click.option("--batch-size", type=int, default=128, show_default=True,
@@ -104,6 +126,11 @@ def app():
 @click.option("--export/--no-export", default=True, show_default=True,
               help="Export the embedding net as a TensorFlow SavedModel "
                    "(<run folder>/saved_model) for serving without this package.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="default",
+              show_default=True,
+              help="tf.distribute: mirrored: this machine's GPUs (--batch-size is the global "
+                   "batch); multi-worker: one process per machine, each with its TF_CONFIG "
+                   "(see the README); only the chief writes outputs.")
 @click.option("--resume", "resume_folder", type=click.Path(file_okay=False), default=None,
               metavar="RUN_FOLDER",
               help="Continue the interrupted run in RUN_FOLDER from its last finished epoch, "
@@ -126,8 +153,11 @@ def train(ctx, resume_folder, **options):
     from keras_siamese.evaluation import format_table
 
     if resume_folder is not None:
-        config = experiment.resume_config(resume_folder)
+        config = experiment.run_config(resume_folder)
     result = experiment.run(config, resume=resume_folder is not None)
+    if not result.chief:
+        click.echo("worker finished; the chief writes the run folder and TensorBoard logs")
+        return
     click.echo(format_table(result.metrics))
     outputs = "config.json, history.csv, model.keras, embedding.png, metrics.json"
     if config.export:
@@ -154,15 +184,14 @@ def evaluate(run_folder, as_json):
     from pathlib import Path
 
     from keras_siamese import evaluation
-    from keras_siamese.data import load_dataset
+    from keras_siamese.experiment import load_run_data, run_config
     from keras_siamese.outputs import write_json
 
     run_dir = Path(run_folder)
-    settings = evaluation.read_json(run_dir / "config.json")
+    config = run_config(run_dir)
     embedding = evaluation.load_embedding(run_dir)  # checked before the data is loaded
-    data = load_dataset(settings["dataset"], settings.get("data_dir"))
-    sets = evaluation.evaluation_sets(data, settings.get("holdout_classes", ()),
-                                      settings.get("limit"), settings.get("seed", 0))
+    data = load_run_data(config)
+    sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
     metrics = evaluation.evaluate(embedding, sets)
     earlier = run_dir / "metrics.json"
     if earlier.is_file():  # a training figure, not an evaluation one: keep it

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from keras_siamese.errors import ConfigError
 
 LOSSES = ("softmax", "contrastive", "bce", "triplet", "vae")
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist")  # built in; also tfds:NAME or a class-folder path
+BACKBONES = ("small", "resnet")
+STRATEGIES = ("default", "mirrored", "multi-worker")
 # "random": the study's offline pairs/triplets; the rest mine P x K batches online.
 MINING = {"softmax": ("random",), "bce": ("random",), "vae": ("random",),
           "contrastive": ("random", "hard-negative"),
@@ -54,14 +57,31 @@ class TrainConfig:
     mining: str = "random"  # see MINING; online mining trains on P x K batches
     classes_per_batch: int = 8  # P of the P x K batches (online mining only)
     images_per_class: int = 16  # K of the P x K batches (online mining only)
+    image_size: int | None = None  # square side images are read at; None: see data.py
+    test_split: float = 0.2  # share of each class tested on, where a dataset has no test split
+    backbone: str = "small"  # see models.BACKBONES
+    strategy: str = "default"  # tf.distribute strategy, see keras_siamese.distribute
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if self.dataset not in DATASETS:
-            raise ConfigError(
-                f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"
-            )
+        if not (self.dataset in DATASETS or self.dataset.startswith("tfds:")
+                or os.sep in self.dataset or os.path.isdir(self.dataset)):
+            raise ConfigError(f"unknown dataset {self.dataset!r}: choose {', '.join(DATASETS)}, "
+                              "tfds:NAME or a folder with one sub-folder of images per class")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}: choose one of "
+                              f"{', '.join(BACKBONES)}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}: choose one of "
+                              f"{', '.join(STRATEGIES)}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"--image-size must be >= 16, got {self.image_size}")
+        if self.image_size is not None and self.loss == "vae" and self.image_size % 4:
+            raise ConfigError(f"--image-size {self.image_size}: the VAE's decoder needs a "
+                              "multiple of 4")
+        if not 0 < self.test_split < 1:
+            raise ConfigError(f"--test-split must be between 0 and 1, got {self.test_split}")
         if self.mining not in MINING[self.loss]:
             raise ConfigError(f"--mining {self.mining!r} does not apply to --loss {self.loss}: "
                               f"choose one of {', '.join(MINING[self.loss])}")
@@ -107,9 +127,19 @@ class TrainConfig:
         return f"{self.loss}-{self.mining}" if self.online else self.loss
 
     @property
+    def dataset_name(self) -> str:
+        """The dataset as a short name: ``mnist``, ``cifar10`` for ``tfds:cifar10``, the
+        folder's name for a class-folder path."""
+        if self.dataset.startswith("tfds:"):
+            return self.dataset[len("tfds:"):].replace("/", "-")
+        if self.dataset in DATASETS:
+            return self.dataset
+        return os.path.basename(os.path.abspath(self.dataset))
+
+    @property
     def name(self) -> str:
-        """The run's folder name: ``--run-name`` or ``<variant>_<dataset>``."""
-        return self.run_name or f"{self.variant}_{self.dataset}"
+        """The run's folder name: ``--run-name`` or ``<variant>_<dataset name>``."""
+        return self.run_name or f"{self.variant}_{self.dataset_name}"
 
     @property
     def run_dir(self) -> Path:

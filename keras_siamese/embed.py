@@ -13,18 +13,17 @@ SavedModel folder (:mod:`keras_siamese.export`).
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from keras_siamese.errors import ConfigError, DataError, OutputError
+from keras_siamese.image_folders import IMAGE_SUFFIXES, read_image
 from keras_siamese.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OUTPUT_SUFFIXES = (".npy", ".csv")
 BATCH = 256
 
@@ -67,7 +66,7 @@ def read_inputs(inputs, input_shape, invert: bool = False) -> tuple[np.ndarray, 
             images.append(batch)
             names += [f"{source}[{i}]" for i in range(len(batch))]
         else:
-            images.append(_read_image(source, input_shape)[None])
+            images.append(read_image(source, *input_shape)[None])
             names.append(str(source))
     if not names:
         raise DataError("no images given")
@@ -92,24 +91,6 @@ def _expand(inputs) -> list[Path]:
         else:
             files.append(item)
     return files
-
-
-def _read_image(path: Path, input_shape) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    height, width, channels = input_shape
-    if channels not in (1, 3):
-        raise DataError(f"{path}: the model takes {channels}-channel images; only 1 (grayscale) "
-                        "and 3 (RGB) can be made from image files")
-    try:
-        with Image.open(io.BytesIO(path.read_bytes())) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as error:
-        raise DataError(f"{path}: cannot read this image ({error})") from None
-    return pixels.reshape(height, width, channels)
 
 
 def _read_array(path: Path, input_shape) -> np.ndarray:

@@ -107,9 +107,7 @@ def evaluation_sets(data: ImageData, holdout_classes=(), limit: int | None = Non
 
 def embed(embedding: keras.Model, images: np.ndarray) -> np.ndarray:
     """Embeddings of uint8 images, in order."""
-    labels = np.zeros(len(images), np.int32)
-    dataset = streams.evaluation_images(images, labels, EMBED_BATCH).map(lambda x, _: x)
-    return embedding.predict(dataset, verbose=0)
+    return models.embed_images(embedding, images, EMBED_BATCH)
 
 
 def _fixed_pairs(labels: np.ndarray):

@@ -29,6 +29,7 @@ from PIL import Image
 
 from keras_siamese.data import ImageData, balanced_subset
 from keras_siamese.errors import ConfigError, DataError
+from keras_siamese.models import embed_images
 from keras_siamese.outputs import atomic_path
 from keras_siamese.plots import pca_basis, project_2d, scatter_embeddings
 
@@ -40,7 +41,6 @@ FRAMES_DIR = "frames"
 GIF_FILE = "latent.gif"
 PADDING = 0.05  # of the range, on each side, so no point sits on a frame's edge
 HOLD_LAST = 4  # the last frame stays this many frame durations, then the GIF loops
-EMBED_BATCH = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,23 +51,29 @@ class FrameImages:
     images: np.ndarray  # uint8 (N, H, W, C)
     labels: np.ndarray
     class_names: tuple[str, ...]
+    light_on_dark: bool = False  # see data.ImageData
 
     def embed(self, embedding: keras.Model) -> np.ndarray:
         """Embeddings of these images, in order (the models take raw float32 pixels)."""
-        pixels = self.images.astype(np.float32)
-        return embedding.predict(pixels, batch_size=EMBED_BATCH, verbose=0)
+        return embed_images(embedding, self.images)
 
 
 def frame_images(data: ImageData, count: int) -> FrameImages:
-    """``count`` test images, the same number per class, chosen with FRAME_SEED."""
+    """``count`` test images, the same number per class, chosen with FRAME_SEED; fewer
+    where the smallest class of a small test split has fewer to give."""
     labels = data.y_test
     _, per_class = np.unique(labels, return_counts=True)
+    if count < len(per_class):
+        raise ConfigError(f"--frame-images {count} is fewer than the {len(per_class)} "
+                          "classes: choose at least one per class")
     most = len(per_class) * int(per_class.min())
-    if not len(per_class) <= count <= most:
-        raise ConfigError(f"--frame-images {count} does not fit the test split: choose "
-                          f"{len(per_class)} to {most} (the same number per class)")
+    if count > most:
+        log.info("showing %d frame images, not %d: the smallest class has %d test images",
+                 most, count, per_class.min())
+        count = most
     indices, _ = balanced_subset(np.arange(len(labels)), labels, count, FRAME_SEED)
-    return FrameImages(indices, data.x_test[indices], labels[indices], tuple(data.class_names))
+    return FrameImages(indices, data.x_test[indices], labels[indices], tuple(data.class_names),
+                       data.light_on_dark)
 
 
 @dataclasses.dataclass

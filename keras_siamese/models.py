@@ -6,7 +6,10 @@ The twin and triplet models call the same ``embedding`` sub-model on each input,
 there is one set of weights, updated once per step from all branches.
 """
 
+import weakref
+
 import keras
+import numpy as np
 
 from keras_siamese.layers import (AbsoluteDifference, EuclideanDistance, GaussianSample,
                                   TripletDistances)
@@ -18,9 +21,10 @@ def _prelu(name: str, shared_axes=None):
                               name=name)
 
 
-def _trunk(image, mean, std):
-    """The study's network up to its last hidden layer (256 features)."""
-    x = keras.layers.Normalization(mean=mean, variance=float(std) ** 2, name="normalize")(image)
+def _small_trunk(x):
+    """The study's network after normalisation, up to its last hidden layer (256 features):
+    Conv 32 5x5, PReLU, MaxPool 2 -> Conv 64 5x5, PReLU, MaxPool 2 -> Dense 256, PReLU ->
+    Dense 256, PReLU."""
     x = keras.layers.Conv2D(32, 5, name="conv1")(x)
     x = _prelu("prelu1", shared_axes=[1, 2])(x)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
@@ -34,14 +38,62 @@ def _trunk(image, mean, std):
     return _prelu("prelu4")(x)
 
 
-def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std=1.0):
-    """The study's EmbeddingNet (Bielski's siamese-triplet) as a Keras functional model.
+def _batch_norm(name: str):
+    # Momentum 0.9, not Keras' 0.99: a small own dataset gives only tens of steps per
+    # epoch, too few for 0.99's moving statistics to forget their start (mean 0, var 1).
+    return keras.layers.BatchNormalization(momentum=0.9, name=name)
 
-    Normalize((x - mean) / std) -> Conv 32 5x5, PReLU, MaxPool 2 -> Conv 64 5x5, PReLU,
-    MaxPool 2 -> Dense 256, PReLU -> Dense 256, PReLU -> Dense ``embedding_dim``.
-    """
+
+def _residual_block(x, filters: int, stride: int, name: str):
+    """He et al. 2016's basic block: two 3x3 conv-BN, the input added back (through a
+    strided 1x1 conv-BN where the shape changes), ReLU."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False,
+                                       name=f"{name}_project")(x)
+        shortcut = _batch_norm(f"{name}_project_bn")(shortcut)
+    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                            name=f"{name}_conv1")(x)
+    x = keras.layers.ReLU(name=f"{name}_relu1")(_batch_norm(f"{name}_bn1")(x))
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
+    x = _batch_norm(f"{name}_bn2")(x)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def _resnet_trunk(x):
+    """A small ResNet for larger colour images, up to the same 256 features: Conv 32 3x3
+    (stride 2 from 48 pixels up), BN, ReLU -> two basic blocks each of 32, 64 (stride 2),
+    128 (stride 2) filters -> global average pool -> Dense 256, PReLU."""
+    stride = 2 if min(x.shape[1:3]) >= 48 else 1  # keeps the cost of 64 px images low
+    x = keras.layers.Conv2D(32, 3, strides=stride, padding="same", use_bias=False,
+                            name="stem_conv")(x)
+    x = keras.layers.ReLU(name="stem_relu")(_batch_norm("stem_bn")(x))
+    for stage, (filters, first_stride) in enumerate([(32, 1), (64, 2), (128, 2)], start=1):
+        x = _residual_block(x, filters, first_stride, f"stage{stage}_block1")
+        x = _residual_block(x, filters, 1, f"stage{stage}_block2")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return _prelu("prelu_features")(keras.layers.Dense(256, name="fc_features")(x))
+
+
+# The networks an embedding can be built on; each ends in 256 features for the same heads.
+BACKBONES = {"small": _small_trunk, "resnet": _resnet_trunk}
+
+
+def _trunk(image, mean, std, backbone: str):
+    """Normalisation, then the backbone up to its 256 features."""
+    x = keras.layers.Normalization(mean=mean, variance=float(std) ** 2, name="normalize")(image)
+    return BACKBONES[backbone](x)
+
+
+def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std=1.0,
+                  backbone: str = "small"):
+    """The shared embedding network as a Keras functional model: Normalize((x - mean) / std)
+    -> the backbone's 256 features (by default the study's EmbeddingNet, Bielski's
+    siamese-triplet) -> Dense ``embedding_dim``."""
     image = keras.Input(input_shape, name="image")
-    embedding = keras.layers.Dense(embedding_dim, name="fc_embedding")(_trunk(image, mean, std))
+    embedding = keras.layers.Dense(embedding_dim, name="fc_embedding")(
+        _trunk(image, mean, std, backbone))
     return keras.Model(image, embedding, name="embedding")
 
 
@@ -55,6 +107,27 @@ def embedding_of(model) -> keras.Model:
         return model.get_layer("embedding")
     encoder = model.get_layer("encoder")
     return keras.Model(encoder.input, encoder.outputs[0], name="embedding")
+
+
+_compiled_calls = weakref.WeakKeyDictionary()  # embedding model -> its inference function
+
+
+def embed_images(embedding, images, batch_size: int = 1024) -> np.ndarray:
+    """Embeddings of raw-pixel images (N, H, W, C), in order, batch by batch through one
+    ``tf.function`` per model. Not ``predict``: that runs the model's distribution
+    strategy, whose collective ops would wait forever for the other workers when only
+    the chief embeds."""
+    import tensorflow as tf
+
+    if embedding not in _compiled_calls:
+        model = weakref.ref(embedding)  # a strong one would keep the key alive forever
+        _compiled_calls[embedding] = tf.function(lambda x: model()(x, training=False),
+                                                 reduce_retracing=True)
+    call = _compiled_calls[embedding]
+    return np.concatenate(
+        [call(np.asarray(images[i:i + batch_size], np.float32)).numpy()
+         for i in range(0, len(images), batch_size)]
+        or [np.zeros((0, embedding.output.shape[-1]), np.float32)])
 
 
 def _inputs(embedding, *names):
@@ -101,10 +174,11 @@ def online_model(embedding):
     return keras.Model(image, embedding(image), name="online_embedding")
 
 
-def vae_encoder(input_shape=(28, 28, 1), latent_dim: int = 2, mean=0.0, std=1.0):
+def vae_encoder(input_shape=(28, 28, 1), latent_dim: int = 2, mean=0.0, std=1.0,
+                backbone: str = "small"):
     """The embedding net with two heads: the mean and the log-variance of q(z | x)."""
     image = keras.Input(input_shape, name="image")
-    features = _trunk(image, mean, std)
+    features = _trunk(image, mean, std, backbone)
     z_mean = keras.layers.Dense(latent_dim, name="fc_embedding")(features)
     z_log_var = keras.layers.Dense(latent_dim, name="fc_log_variance")(features)
     return keras.Model(image, [z_mean, z_log_var], name="encoder")

@@ -4,9 +4,10 @@ Written into ``<log dir>/<run name>/projector/``, a TensorBoard run of its own b
 ``train/`` and ``validation/`` scalar runs of Keras' TensorBoard callback:
 
 - ``metadata.tsv``: a header ``label<TAB>class``, then one row per image;
-- ``sprite.png``: the images' thumbnails in one square grid, ink drawn in the image's class
-  colour (plots.CLASS_COLOURS) on white, so classes stand out before anyone picks
-  "Color by" in the projector;
+- ``sprite.png``: the images' thumbnails in one square grid. MNIST-like images (light
+  strokes on dark) have their ink drawn in the image's class colour (plots.CLASS_COLOURS)
+  on white, so classes stand out before anyone picks "Color by" in the projector; any
+  other images are shown as they are, shrunk where the grid would pass SPRITE_MAX pixels;
 - ``epoch_010.tsv`` ...: the embeddings after each logged epoch, one row per image;
   embeddings narrower than 3-D get zero columns up to 3, because the projector's default
   3-D PCA view draws nothing (NaN coordinates) for 2-D tensors;
@@ -48,33 +49,54 @@ SPRITE_FILE = "sprite.png"
 CONFIG_FILE = projector.metadata.PROJECTOR_FILENAME  # "projector_config.pbtxt"
 PROJECTOR_DIR = "projector"  # inside the run's TensorBoard folder
 MIN_COLUMNS = 3
+SPRITE_MAX = 8192  # pixels per side of the sprite TensorBoard's projector accepts
 
 
 def entry_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}"
 
 
-def sprite(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """A square RGB grid of thumbnails (row-major, as the projector reads it), each image's
-    ink in its class colour on white; unused cells stay white."""
-    count, height, width = images.shape[:3]
+def thumbnail_size(count: int, height: int, width: int) -> tuple[int, int]:
+    """(height, width) of one sprite cell: the image's own, or smaller so that the square
+    grid of ``count`` cells stays within SPRITE_MAX pixels, the projector's limit."""
     side = math.ceil(math.sqrt(count))
-    ink = images.reshape(count, height, width, -1).max(axis=-1).astype(np.float32) / 255.0
-    colours = np.asarray(CLASS_COLOURS, np.float32)[np.asarray(labels) % len(CLASS_COLOURS)]
-    thumbs = 1.0 - ink[..., None] * (1.0 - colours[:, None, None, :])
+    scale = min(1.0, SPRITE_MAX / (side * max(height, width)))
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def sprite(images: np.ndarray, labels: np.ndarray, light_on_dark: bool = True) -> np.ndarray:
+    """A square RGB grid of thumbnails (row-major, as the projector reads it); unused cells
+    stay white. ``light_on_dark``: each image's ink in its class colour on white;
+    otherwise the images themselves (grayscale as gray)."""
+    count = len(images)
+    height, width = thumbnail_size(count, *images.shape[1:3])
+    images = images.reshape(*images.shape[:3], -1)
+    if images.shape[1:3] != (height, width):
+        images = np.stack([np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1
+                                                      else image).resize((width, height)))
+                           for image in images]).reshape(count, height, width, -1)
+    if light_on_dark:
+        ink = images.max(axis=-1).astype(np.float32) / 255.0
+        colours = np.asarray(CLASS_COLOURS, np.float32)[np.asarray(labels) % len(CLASS_COLOURS)]
+        thumbs = 1.0 - ink[..., None] * (1.0 - colours[:, None, None, :])
+    else:
+        thumbs = np.broadcast_to(images, (count, height, width, 3)).astype(np.float32) / 255.0
+    side = math.ceil(math.sqrt(count))
     grid = np.ones((side * side, height, width, 3), np.float32)
     grid[:count] = thumbs
     grid = grid.reshape(side, side, height, width, 3).transpose(0, 2, 1, 3, 4)
     return np.round(grid.reshape(side * height, side * width, 3) * 255).astype(np.uint8)
 
 
-def write_metadata(log_dir, images, labels, class_names) -> None:
-    """The files shared by every entry: ``metadata.tsv`` and ``sprite.png``."""
+def write_metadata(log_dir, shown) -> None:
+    """The files shared by every entry: ``metadata.tsv`` and ``sprite.png`` of the frame
+    images ``shown`` (latent.FrameImages)."""
     log_dir = Path(log_dir)
-    rows = "".join(f"{label}\t{class_names[label]}\n" for label in np.asarray(labels))
+    rows = "".join(f"{label}\t{shown.class_names[label]}\n" for label in shown.labels)
     write_text(log_dir / METADATA_FILE, "label\tclass\n" + rows)
     with atomic_path(log_dir / SPRITE_FILE) as tmp:
-        Image.fromarray(sprite(images, labels)).save(tmp, format="PNG")
+        Image.fromarray(sprite(shown.images, shown.labels, shown.light_on_dark)).save(
+            tmp, format="PNG")
 
 
 def projector_tensor(embeddings: np.ndarray) -> np.ndarray:
@@ -99,7 +121,7 @@ def write_entry(log_dir, epoch: int, embeddings: np.ndarray) -> None:
     write_text(Path(log_dir) / f"{entry_name(epoch)}.tsv", buffer.getvalue())
 
 
-def write_config(log_dir, epochs: list[int], image_shape) -> None:
+def write_config(log_dir, epochs: list[int], cell: tuple[int, int]) -> None:
     """``projector_config.pbtxt`` listing the entries of ``epochs`` (written last, so the
     projector never sees an entry whose files are missing)."""
     config = projector.ProjectorConfig()
@@ -109,7 +131,7 @@ def write_config(log_dir, epochs: list[int], image_shape) -> None:
         entry.tensor_path = f"{entry_name(epoch)}.tsv"
         entry.metadata_path = METADATA_FILE
         entry.sprite.image_path = SPRITE_FILE
-        entry.sprite.single_image_dim.extend(image_shape[:2])
+        entry.sprite.single_image_dim.extend(cell[::-1])  # width, height
     write_text(Path(log_dir) / CONFIG_FILE, text_format.MessageToString(config))
 
 
@@ -138,8 +160,7 @@ class ProjectorLog(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        write_metadata(self.log_dir, self.shown.images, self.shown.labels,
-                       self.shown.class_names)
+        write_metadata(self.log_dir, self.shown)
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
         self.checkpoints = tf.train.CheckpointManager(tf.train.Checkpoint(epoch=self.stamp),
                                                       str(self.log_dir), max_to_keep=1)
@@ -159,7 +180,8 @@ class ProjectorLog(keras.callbacks.Callback):
     def _log(self, epoch: int) -> None:
         write_entry(self.log_dir, epoch, self.shown.embed(self.embedding))
         self.logged.append(epoch)
-        write_config(self.log_dir, self.logged, self.shown.images.shape[1:])
+        write_config(self.log_dir, self.logged,
+                     thumbnail_size(len(self.shown.labels), *self.shown.images.shape[1:3]))
         self.stamp.assign(epoch)
         self.checkpoints.save(checkpoint_number=epoch)  # after the files it announces
         with self.writer.as_default():

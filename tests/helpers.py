@@ -9,8 +9,11 @@ from pathlib import Path
 CLI = shutil.which("siamese-keras", path=str(Path(sys.executable).parent)) or "siamese-keras"
 
 
-def run_cli(*args, cwd=None, timeout=600):
-    env = {**os.environ, "KERAS_SIAMESE_OFFLINE": "1"}
+def run_cli(*args, cwd=None, timeout=600, env=None, unset=()):
+    """Run the command with ``env`` added to this environment and ``unset`` names removed."""
+    env = {**os.environ, "KERAS_SIAMESE_OFFLINE": "1", **(env or {})}
+    for name in unset:
+        env.pop(name, None)
     return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 

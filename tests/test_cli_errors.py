@@ -6,7 +6,13 @@ from helpers import error_lines, run_cli
 
 CASES = [
     (["--loss", "hinge"], 2, "'hinge' is not one of"),
-    (["--dataset", "cifar10"], 2, "'cifar10' is not one of"),
+    (["--dataset", "cifar10"], 2, "unknown dataset 'cifar10': choose mnist, fashion_mnist, "
+     "tfds:NAME or a folder"),
+    (["--image-size", "8"], 2, "--image-size must be >= 16"),
+    (["--test-split", "1"], 2, "--test-split must be between 0 and 1"),
+    (["--backbone", "vgg"], 2, "'vgg' is not one of 'small', 'resnet'"),
+    (["--strategy", "tpu"], 2, "'tpu' is not one of"),
+    (["--loss", "vae", "--image-size", "30"], 2, "the VAE's decoder needs a multiple of 4"),
     (["--margin", "0"], 2, "margin must be > 0"),
     (["--margin", "-1"], 2, "margin must be > 0"),
     (["--epochs", "0"], 2, "epochs must be > 0"),
@@ -74,7 +80,8 @@ def test_help_explains_every_option():
     assert result.returncode == 0
     for option in ["--loss", "--dataset", "--epochs", "--batch-size", "--learning-rate",
                    "--margin", "--embedding-dim", "--seed", "--limit", "--data-dir",
-                   "--output-dir", "--log-dir", "--run-name", "--overwrite"]:
+                   "--output-dir", "--log-dir", "--run-name", "--overwrite", "--image-size",
+                   "--test-split", "--backbone", "--strategy"]:
         assert option in result.stdout
 
 

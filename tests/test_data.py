@@ -98,8 +98,8 @@ def test_no_source_says_what_was_tried(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
-def test_unknown_dataset():
-    with pytest.raises(DataError, match="unknown dataset"):
+def test_a_name_that_is_no_dataset_is_looked_for_as_a_folder():
+    with pytest.raises(DataError, match="--dataset cifar10: no such folder"):
         load_dataset("cifar10")
 
 

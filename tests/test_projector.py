@@ -181,3 +181,23 @@ def test_screenshot_without_chromium_says_so(tmp_path):
     assert result.returncode == 1
     assert "chromium is not installed: apt-get install" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "shot.png").exists()
+
+
+def test_sprite_of_own_images_shows_them_as_they_are():
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (4, 3, 3, 3), dtype=np.uint8)
+    grid = projector.sprite(colour, np.zeros(4, int), light_on_dark=False)
+    assert grid.shape == (6, 6, 3)
+    np.testing.assert_array_equal(grid[3:6, 0:3], colour[2])  # row-major cells
+    gray = rng.integers(0, 256, (1, 2, 2, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(projector.sprite(gray, [0], light_on_dark=False),
+                                  np.repeat(gray[0], 3, axis=-1))
+
+
+def test_sprite_cells_shrink_to_stay_within_the_projectors_limit():
+    assert projector.thumbnail_size(2000, 28, 28) == (28, 28)
+    # 2,000 images of 256 pixels would need a 45 x 256 = 11,520 pixel grid: cells shrink.
+    height, width = projector.thumbnail_size(2000, 256, 256)
+    assert height == width and 45 * height <= projector.SPRITE_MAX < 45 * (height + 1)
+    images = np.zeros((5, 4000, 100, 3), np.uint8)
+    assert max(projector.sprite(images, np.zeros(5, int), False).shape) <= projector.SPRITE_MAX

@@ -170,4 +170,4 @@ def test_resume_of_a_folder_that_is_no_run(tmp_path):
     result = run_cli("train", "--resume", tmp_path)
     assert result.returncode == 2
     assert error_lines(result) == [f"siamese-keras: error: {tmp_path} is not a run folder "
-                                   "(no config.json): nothing to resume"]
+                                   "(no config.json)"]
