@@ -25,7 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese import checkpoint, evaluation, export, latent, models, projector, streams
+from keras_siamese import (checkpoint, distribute, evaluation, export, latent, models,
+                           projector, streams)
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import load_dataset
@@ -46,14 +47,16 @@ METRICS_RUN = "metrics"  # TensorBoard run (beside train/ and validation/) of th
 class RunResult:
     run_dir: Path
     log_dir: Path
-    metrics: dict
+    metrics: dict  # empty on a worker that is not the chief: it writes nothing
+    model: keras.Model  # the trained model (on the chief: a copy without replicas)
+    chief: bool = True
 
 
 def compiled_model(config: TrainConfig, input_shape, pixel_mean: float, pixel_std: float,
                    num_classes: int, steps_per_epoch: int) -> keras.Model:
     """The loss's model around a fresh shared embedding net (for the VAE: the encoder),
     compiled with its loss, metrics and Adam on a cosine-decayed learning rate."""
-    net = dict(mean=pixel_mean, std=pixel_std)
+    net = dict(mean=pixel_mean, std=pixel_std, backbone=config.backbone)
     metrics = []
     if config.loss == "vae":
         model = models.vae_model(models.vae_encoder(input_shape, config.embedding_dim, **net),
@@ -127,12 +130,12 @@ def _callbacks(config: TrainConfig, embedding, shown: latent.FrameImages,
     return callbacks + [checkpoint.EpochCheckpoint(run_dir)]
 
 
-def resume_config(run_folder) -> TrainConfig:
+def run_config(run_folder) -> TrainConfig:
     """The settings of the run in ``run_folder`` (its ``config.json``), pointed at that
     folder wherever it now is."""
     run_dir = Path(run_folder)
     if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.json): nothing to resume")
+        raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
     settings = evaluation.read_json(run_dir / "config.json")
     settings.update(output_dir=str(run_dir.parent), run_name=run_dir.name, overwrite=False)
     settings["holdout_classes"] = tuple(settings.get("holdout_classes", ()))
@@ -160,14 +163,18 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
     """Train one model as configured and write its run folder (see module doc).
 
     With ``resume``, continue the interrupted run in ``config.run_dir`` (made with these
-    settings, see :func:`resume_config`) from its last checkpoint."""
+    settings, see :func:`run_config`) from its last checkpoint. Under ``--strategy
+    multi-worker`` every worker runs this; only the chief writes (:mod:`distribute`)."""
+    strategy = distribute.make_strategy(config.strategy)  # before any other TensorFlow work
+    chief = distribute.is_chief(strategy)
     run_dir, log_dir = config.run_dir, config.tensorboard_dir
     if resume:
         start_epoch, saved = _resume_point(run_dir, config.epochs)
     else:
         start_epoch, saved = 0, None
-        check_run_folders([run_dir, log_dir], config.overwrite)
-    data = load_dataset(config.dataset, config.data_dir)  # before touching any old run
+        if chief:
+            check_run_folders([run_dir, log_dir], config.overwrite)
+    data = load_run_data(config)  # before touching any old run
     # Both check the settings against the data before any folder is made.
     sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
     shown = latent.frame_images(data, config.frame_images)
@@ -179,39 +186,51 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed
-    if resume:
-        model = checkpoint.load_checkpoint(saved)  # weights, optimiser state, step count
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log.info("resuming %s after epoch %d of %d", run_dir, start_epoch, config.epochs)
-    else:
-        create_run_folders([run_dir, log_dir], config.overwrite)
-        write_text(run_dir / "config.json", config.to_json())
-        model = compiled_model(config, x_train.shape[1:], float(x_train.mean()),
-                               float(x_train.std()), data.num_classes, steps)
+    with strategy.scope():  # the model's variables live on every replica
+        if resume:
+            model = checkpoint.load_checkpoint(saved)  # weights, optimiser state, step count
+            log.info("resuming %s after epoch %d of %d", run_dir, start_epoch, config.epochs)
+        else:
+            model = compiled_model(config, x_train.shape[1:], float(x_train.mean()),
+                                   float(x_train.std()), data.num_classes, steps)
+    if chief:
+        if resume:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            create_run_folders([run_dir, log_dir], config.overwrite)
+            write_text(run_dir / "config.json", config.to_json())
     embedding = models.embedding_of(model)
-    train, validation = training_streams(config, sets.seen, start_epoch)
+    train, validation = map(distribute.shard_by_data,
+                            training_streams(config, sets.seen, start_epoch))
     log.info("training %s on %d %s images for %d epochs", model.name, len(y_train),
-             config.dataset, config.epochs)
+             config.dataset_name, config.epochs)
 
-    metrics_writer = tf.summary.create_file_writer(str(log_dir / METRICS_RUN))
+    metrics_writer = tf.summary.create_file_writer(str(log_dir / METRICS_RUN)) if chief else None
+    callbacks = (_callbacks(config, embedding, shown, sets, metrics_writer, start_epoch)
+                 if chief else [checkpoint.StopOnNonFiniteLoss(run_dir)])
     started = time.perf_counter()
     try:
         model.fit(
             train, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
             validation_data=validation, shuffle=False,  # streams shuffle themselves
-            callbacks=_callbacks(config, embedding, shown, sets, metrics_writer, start_epoch),
-            verbose=1 if sys.stdout.isatty() else 2,
+            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
         )
     except KeyboardInterrupt:
         kept = checkpoint.last_checkpoint(run_dir)
         raise Interrupted(f"interrupted after epoch {kept[0] if kept else 0} of "
                           f"{config.epochs}; continue with: siamese-keras train --resume "
                           f"{run_dir}") from None
+    if not chief:
+        return RunResult(run_dir, log_dir, {}, model, chief=False)
     trained = config.epochs - start_epoch
     seconds_per_epoch = (time.perf_counter() - started) / trained if trained else None
 
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
+    if config.strategy != "default":
+        # Export and scoring need no replicas: work on a plain copy of the trained model.
+        model = checkpoint.load_checkpoint(run_dir / "model.keras")
+        embedding = models.embedding_of(model)
     if config.export:
         export.export_saved_model(model, run_dir / export.SAVED_MODEL)
     metrics = evaluation.evaluate(embedding, sets)
@@ -229,7 +248,18 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         vae_figures(model, embedding, data, run_dir)
     # Finished: model.keras holds the final state, the checkpoint is no longer needed.
     shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)
-    return RunResult(run_dir, log_dir, metrics)
+    return RunResult(run_dir, log_dir, metrics, model)
+
+
+def load_run_data(config: TrainConfig):
+    """The dataset a run trains on, read as its settings say; ConfigError where the images
+    cannot work with its model."""
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.test_split)
+    height, width = data.x_train.shape[1:3]
+    if config.loss == "vae" and (height % 4 or width % 4):
+        raise ConfigError(f"the VAE's decoder needs image sides that are multiples of 4; "
+                          f"{config.dataset} has {height}x{width}: pass --image-size")
+    return data
 
 
 def vae_figures(model: keras.Model, embedding: keras.Model, data, run_dir: Path) -> None:
