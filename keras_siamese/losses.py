@@ -148,6 +148,13 @@ def online_contrastive_loss(labels, embeddings, margin: float = 1.0):
     return tf.math.divide_no_nan(tf.reduce_sum(pulls) + tf.reduce_sum(pushes), count)
 
 
+def _per_example(batch_loss, embeddings):
+    """The batch's loss once per example. Keras reduces per-example losses to their mean
+    and then divides it by the number of ``tf.distribute`` replicas (their gradients are
+    summed); a scalar would skip that division and count every replica's loss in full."""
+    return tf.fill(tf.shape(embeddings)[:1], batch_loss)
+
+
 @keras.saving.register_keras_serializable(package="keras_siamese")
 class OnlineTripletLoss(keras.losses.Loss):
     """Triplet loss over mined triplets of a batch (see :func:`online_triplet_loss`);
@@ -162,7 +169,8 @@ class OnlineTripletLoss(keras.losses.Loss):
         self.mining_rule = mining_rule
 
     def call(self, y_true, y_pred):
-        return online_triplet_loss(y_true, y_pred, self.margin, self.mining_rule)
+        return _per_example(online_triplet_loss(y_true, y_pred, self.margin,
+                                                self.mining_rule), y_pred)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "mining_rule": self.mining_rule}
@@ -179,7 +187,7 @@ class OnlineContrastiveLoss(keras.losses.Loss):
         self.margin = margin
 
     def call(self, y_true, y_pred):
-        return online_contrastive_loss(y_true, y_pred, self.margin)
+        return _per_example(online_contrastive_loss(y_true, y_pred, self.margin), y_pred)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}

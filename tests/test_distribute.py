@@ -190,3 +190,38 @@ def test_multi_worker_without_a_cluster_is_a_usage_error(tmp_path, tf_config, me
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+# Both replicas of a two-CPU MirroredStrategy get the same batch; each loss they compute is
+# divided by the 2 replicas (their gradients are summed), so the two add up to one batch's.
+REPLICA_LOSSES = """
+import json
+import numpy as np, tensorflow as tf
+from keras_siamese import distribute
+from keras_siamese.losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss)
+strategy = distribute.make_strategy("mirrored")
+rng = np.random.default_rng(0)
+labels = tf.constant(rng.integers(0, 3, 24))
+embeddings = tf.constant(rng.normal(size=(24, 2)), tf.float32)
+out = {}
+for loss in [OnlineTripletLoss(1.0, "batch-all"), OnlineTripletLoss(1.0, "semi-hard"),
+             OnlineContrastiveLoss(1.0), ContrastiveLoss(1.0)]:
+    y = tf.cast(labels % 2, tf.float32) if isinstance(loss, ContrastiveLoss) else labels
+    x = tf.norm(embeddings, axis=1, keepdims=True) if isinstance(loss, ContrastiveLoss) \\
+        else embeddings
+    single = float(loss(y, x))
+    per_replica = strategy.run(lambda: loss(y, x))
+    out[loss.name + getattr(loss, "mining_rule", "")] = (
+        single, [float(v) for v in strategy.experimental_local_results(per_replica)])
+print(json.dumps(out))
+"""
+
+
+def test_every_loss_is_scaled_for_the_replicas():
+    result = subprocess.run([sys.executable, "-c", REPLICA_LOSSES], capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "KERAS_SIAMESE_CPU_DEVICES": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, (single, replicas) in json.loads(result.stdout).items():
+        assert len(replicas) == 2, name
+        np.testing.assert_allclose(replicas, [single / 2] * 2, rtol=1e-6, err_msg=name)

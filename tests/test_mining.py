@@ -138,3 +138,12 @@ def test_online_losses_round_trip_their_config():
         assert type(again) is type(loss) and again.get_config() == loss.get_config()
     with pytest.raises(ValueError, match="unknown triplet mining"):
         OnlineTripletLoss(1.0, "hardest")
+
+
+@pytest.mark.parametrize("rule", mining.TRIPLET_MINING)
+def test_loss_classes_give_the_batch_loss(rule):
+    labels, e = CASES[2][1], CASES[2][2]
+    np.testing.assert_allclose(OnlineTripletLoss(0.5, rule)(labels, e),
+                               online_triplet_loss(labels, e, 0.5, rule), rtol=1e-6)
+    np.testing.assert_allclose(OnlineContrastiveLoss(0.5)(labels, e),
+                               online_contrastive_loss(labels, e, 0.5), rtol=1e-6)
