@@ -9,7 +9,9 @@ While it trains, ``checkpoints/`` holds the last finished epoch, so an interrupt
 resume (:mod:`keras_siamese.checkpoint`). TensorBoard scalars go to
 ``<log_dir>/<run name>/train`` and ``/validation``, the embedding metrics
 (:mod:`keras_siamese.evaluation`) to ``/metrics``, projector data to ``/projector``
-(:mod:`keras_siamese.projector`).
+(:mod:`keras_siamese.projector`). With ``--strategy`` the model trains under a
+``tf.distribute`` strategy and only the chief writes any of this
+(:mod:`keras_siamese.distribute`).
 """
 
 from __future__ import annotations
@@ -183,6 +185,12 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         for labels in (y_train, sets.seen.test_labels):
             streams.check_pk(labels, config.classes_per_batch, config.images_per_class)
     steps = streams.steps_per_epoch(len(y_train), config.training_batch_size)
+    if config.mining == "batch-hard" and (config.embedding_dim < 16 or
+                                          config.images_per_class > 4):
+        log.warning("batch-hard mining collapsed every embedding into one point in our runs "
+                    "below 16-D or with more than 4 images per class; it trains with e.g. "
+                    "--embedding-dim 64 --classes-per-batch 10 --images-per-class 4 "
+                    "(README, 'Online mining')")
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed

@@ -94,3 +94,20 @@ def test_online_mining_trains_on_pk_batches(tmp_path, variant):
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert np.isfinite(float(rows[0]["loss"])) and np.isfinite(float(rows[0]["val_loss"]))
     assert json.loads((run / "metrics.json").read_text())["precision_at_1"] > 0.2
+
+
+def test_batch_hard_trains_with_small_k_and_warns_where_it_collapsed(tmp_path):
+    """Hermans et al.'s setting (K = 4 images per class) with 64-D embeddings learns; the
+    2-D default, which collapses to one point, gets a warning naming that setting."""
+    result = train(tmp_path, "--loss", "triplet", "--mining", "batch-hard", "--embedding-dim",
+                   "64", "--classes-per-batch", "10", "--images-per-class", "4", "--epochs",
+                   "3", "--limit", "6000", "--no-frames", "--no-projector", "--no-export")
+    assert "collapsed" not in result.stderr
+    metrics = json.loads((tmp_path / "out" / "triplet-batch-hard_mnist" / "metrics.json")
+                         .read_text())
+    assert metrics["precision_at_1"] > 0.9  # 0.980 measured; collapsed runs score ~0.1
+    warned = run_cli("train", "--loss", "triplet", "--mining", "batch-hard", "--epochs", "1",
+                     "--limit", "500", "--output-dir", tmp_path / "out2", "--no-frames",
+                     "--no-projector", "--no-export", "--log-dir", tmp_path / "logs2")
+    assert warned.returncode == 0
+    assert "--embedding-dim 64 --classes-per-batch 10 --images-per-class 4" in warned.stderr
