@@ -19,7 +19,12 @@ On real MNIST at the default batch size (128) and settings, it measures
    code, ``--epochs`` epochs, best of ``--repeats`` interleaved runs) with the callbacks
    off (no frames, no projector), at the defaults (frames, projector, history, TensorBoard
    scalars), and with the metrics every epoch too (``--eval-every 1``);
-5. the process's peak resident memory.
+5. the process's peak resident memory;
+6. what bounds the training speed: the embedding net's forward and backward pass alone
+   (one ``tf.function``, a constant batch of 256 images, no optimiser, no data pipeline,
+   no Keras ``fit``), and the same for each conv and dense layer on its own at the shapes
+   it has inside the network: its milliseconds and GFLOP/s show which kernel holds
+   training back.
 
 Other work on the machine slows every figure: the 1-minute load average is printed too.
 """
@@ -119,6 +124,56 @@ def training_speed(loss: str, data, steps: int, warmup: int = 20, windows: int =
             "train_flop_per_image": 3 * 2 * sum(map(forward_multiply_adds, networks))}
 
 
+def pass_seconds(network, input_gradient: bool, images: int = 256, repeats: int = 20) -> float:
+    """Best seconds of ``network``'s forward and backward pass on a constant batch of
+    ``images``: the gradients of every weight, and of the input if ``input_gradient``; no
+    optimiser, no data pipeline, no Keras ``fit``."""
+    import tensorflow as tf
+
+    x = tf.random.uniform((images, *network.input_shape[1:]), 0, 255)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(network(x, training=True)))
+        return tape.gradient(loss, ([x] if input_gradient else []) + network.trainable_weights)
+
+    step()  # traces
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), step())
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def pass_ceilings(embedding, images: int = 256) -> list[dict]:
+    """What bounds training: :func:`pass_seconds` of the embedding net, and of each of its
+    conv and dense layers alone (a one-layer model at the input shape it has in the net).
+    FLOP as training needs them: forward, weight gradient, and the input gradient for every
+    layer but the first (backprop never needs the image's gradient)."""
+    import keras
+
+    rows, first = [], True
+    for layer in embedding.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            alone = keras.Sequential([keras.Input(layer.input.shape[1:]),
+                                      layer.__class__.from_config(layer.get_config())])
+            passes = 2 if first else 3
+            first = False
+            flop = 2 * forward_multiply_adds(alone) * passes
+            if flop > 1e6:  # not the 256 -> 2 embedding head
+                rows.append({"part": layer.name, "flop_per_image": flop,
+                             "seconds": pass_seconds(alone, passes == 3, images)})
+    net_flop = sum(row["flop_per_image"] for row in rows)
+    rows.insert(0, {"part": "embedding net", "flop_per_image": net_flop,
+                    "seconds": pass_seconds(embedding, False, images)})
+    for row in rows:
+        row["gflops"] = row["flop_per_image"] * images / row["seconds"] / 1e9
+    return rows
+
+
 def stream_speed(loss: str, data, steps: int) -> float:
     """Examples/s of the training stream alone (sampling, gathering, batching)."""
     config, _, _, train, batch = _setup(loss, data)
@@ -181,6 +236,8 @@ def main() -> int:
         for name, options in settings.items():
             epochs[name] = min(epochs[name], epoch_seconds(None, args.epochs, **options))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _, embedding, *_ = _setup("contrastive", data)
+    ceilings = pass_ceilings(embedding)
 
     print(f"\n{'model':<12} {'examples/s':>10} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
           f"{'stream x':>9}")
@@ -195,10 +252,17 @@ def main() -> int:
           f"{epochs['defaults_eval_every_epoch']:.2f} "
           f"(+{epochs['defaults_eval_every_epoch'] / off - 1:.1%})")
     print(f"peak RSS {peak_rss:.0f} MiB; load average {os.getloadavg()[0]:.1f}")
+    print("\nwhat bounds training: forward + backward of 256 images alone (no optimiser, "
+          "no pipeline)")
+    print(f"  {'part':<14} {'MFLOP/image':>11} {'ms':>6} {'GFLOP/s':>8} {'of peak':>8}")
+    for row in ceilings:
+        print(f"  {row['part']:<14} {row['flop_per_image'] / 1e6:11.2f} "
+              f"{row['seconds'] * 1e3:6.1f} {row['gflops']:8.0f} {row['gflops'] / peak:8.0%}")
 
     result = {"matmul_peak_gflops": peak, "cpu_count": os.cpu_count(), "batch_size": 128,
               "steps": args.steps, "models": rows, "seconds_per_epoch": epochs,
-              "peak_rss_mib": peak_rss, "command": " ".join(sys.argv)}
+              "peak_rss_mib": peak_rss, "pass_ceilings": ceilings,
+              "command": " ".join(sys.argv)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written: {args.json}")
