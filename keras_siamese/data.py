@@ -140,7 +140,8 @@ def _load_builtin(name: str, data_dir) -> ImageData:
     raise DataError(f"no source has {name}: tried {'; '.join(tried)}. {_how_to_get(name)}")
 
 
-def split_by_class(labels: np.ndarray, test_split: float, seed: int = SPLIT_SEED) -> np.ndarray:
+def split_by_class(labels: np.ndarray, test_split: float, class_names=None,
+                   seed: int = SPLIT_SEED) -> np.ndarray:
     """A boolean test mask: in each class, ``round(n * test_split)`` members (at least one,
     and at least one left to train on) picked by a seeded permutation."""
     test = np.zeros(len(labels), bool)
@@ -148,8 +149,9 @@ def split_by_class(labels: np.ndarray, test_split: float, seed: int = SPLIT_SEED
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         if len(members) < 2:
-            raise DataError(f"class {cls} has {len(members)} image: each class needs at least "
-                            "2 (one to train on, one to test)")
+            name = repr(class_names[cls]) if class_names is not None else cls
+            raise DataError(f"class {name} has {len(members)} image: each class needs at "
+                            "least 2 (one to train on, one to test)")
         count = min(max(1, round(len(members) * test_split)), len(members) - 1)
         test[rng.permutation(members)[:count]] = True
     return test
@@ -171,7 +173,7 @@ def _load_class_folders(root: Path, image_size, test_split: float) -> ImageData:
     from keras_siamese import image_folders
 
     files, labels, class_names = image_folders.list_class_folders(root)
-    test = split_by_class(labels, test_split)
+    test = split_by_class(labels, test_split, class_names)
     shape = image_folders.image_format(files, image_size, DEFAULT_IMAGE_SIZE)
     images = image_folders.read_images(files, *shape)
     log.info("read %d images of %d classes from %s at %s", len(files), len(class_names),
@@ -221,12 +223,13 @@ def _load_tfds_classification(name: str, data_dir, image_size, test_split: float
                             f"--data_dir {root}' where there is network") from None
         return _checked(images, name, batch=True), labels.astype(np.int64)
 
-    class_names = tuple(features["label"].names) if "label" in features else None
+    names = getattr(features["label"], "names", None) if "label" in features else None
+    class_names = tuple(names) if names else None
     x_train, y_train = read("train")
     if "test" in splits:
         x_test, y_test = read("test")
     else:
-        test = split_by_class(y_train, test_split)
+        test = split_by_class(y_train, test_split, class_names)
         x_train, y_train, x_test, y_test = x_train[~test], y_train[~test], x_train[test], \
             y_train[test]
     if class_names is None:

@@ -83,6 +83,8 @@ def test_split_by_class_is_stratified_and_keeps_one_to_train():
     (lambda root: (root / "a").mkdir(parents=True), "class folder 'a' has no PNG or JPEG"),
     (lambda root: _image(root / "only" / "1.png"), "only one class ('only')"),
     (lambda root: (_image(root / "a" / "1.png"), _image(root / "a" / "2.png"),
+                   _image(root / "b" / "1.png")), "class 'b' has 1 image"),
+    (lambda root: (_image(root / "a" / "1.png"), _image(root / "a" / "2.png"),
                    _image(root / "b" / "1.png"), _image(root / "b" / "2.png"),
                    (root / "b" / "3.jpg").write_bytes(b"not a jpeg")), "3.jpg: cannot read"),
 ])
