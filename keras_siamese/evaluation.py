@@ -31,7 +31,6 @@ from keras_siamese.data import ImageData, balanced_subset
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.metrics import embedding_metrics
 
-EMBED_BATCH = 1024  # inference only, so larger is faster
 ONE_SHOT_WAYS = (5, 10)
 NOT_SHOWN = {"seconds_per_epoch"}  # in metrics.json, but a training figure
 
@@ -105,11 +104,6 @@ def evaluation_sets(data: ImageData, holdout_classes=(), limit: int | None = Non
     return EvaluationSets(seen, unseen, holdout)
 
 
-def embed(embedding: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Embeddings of uint8 images, in order."""
-    return models.embed_images(embedding, images, EMBED_BATCH)
-
-
 def _fixed_pairs(labels: np.ndarray):
     first, second, same = streams.sample_pairs(streams.class_index(labels), streams.EVAL_SEED, 0)
     return first.numpy(), second.numpy(), same.numpy()
@@ -117,8 +111,8 @@ def _fixed_pairs(labels: np.ndarray):
 
 def split_metrics(embedding: keras.Model, split: Split) -> dict:
     """:func:`embedding_metrics` of one split (see the module doc for pairs and N)."""
-    train_embeddings = embed(embedding, split.train_images)
-    test_embeddings = embed(embedding, split.test_images)
+    train_embeddings = models.embed_images(embedding, split.train_images)
+    test_embeddings = models.embed_images(embedding, split.test_images)
     if not (np.isfinite(train_embeddings).all() and np.isfinite(test_embeddings).all()):
         raise DataError("the embeddings contain NaN or inf: the model diverged")
     classes = len(np.unique(split.test_labels))

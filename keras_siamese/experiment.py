@@ -247,7 +247,7 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
     metrics["seconds_per_epoch"] = seconds_per_epoch
     write_json(run_dir / "metrics.json", evaluation.to_json(metrics))
     scatter_embeddings(
-        evaluation.embed(embedding, data.x_test), data.y_test, data.class_names,
+        models.embed_images(embedding, data.x_test), data.y_test, data.class_names,
         f"{config.name}: test embeddings after {config.epochs} epochs "
         f"(P@1 {metrics['precision_at_1']:.4f})",
         run_dir / "embedding.png",
@@ -275,7 +275,7 @@ def vae_figures(model: keras.Model, embedding: keras.Model, data, run_dir: Path)
     (2-D latents only); ``reconstructions.png``: test images above their reconstructions."""
     decoder = model.get_layer("decoder")
     if embedding.output.shape[-1] == 2:
-        means = evaluation.embed(embedding, data.x_test)
+        means = models.embed_images(embedding, data.x_test)
         low, high = np.percentile(means, [1, 99], axis=0)
         manifold_image(decoder, ((low[0], high[0]), (low[1], high[1])), run_dir / "manifold.png")
     shown = data.x_test[:12].astype("float32")
