@@ -157,16 +157,19 @@ def split_by_class(labels: np.ndarray, test_split: float, class_names=None,
     return test
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, H, W, C) images resized to (N, size, size, C) the way
+def resize_images(images: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+    """uint8 (N, H, W, C) images resized to (N, height, width or height, C) the way
     :func:`image_folders.read_image` resizes a file (Pillow, bilinear)."""
     from PIL import Image
 
+    width = width or height
+
     def resize(image):
         picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        return np.asarray(picture.resize((size, size), Image.Resampling.BILINEAR))
+        return np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR))
 
-    return np.stack([resize(image) for image in images]).reshape(len(images), size, size, -1)
+    return np.stack([resize(image) for image in images]).reshape(len(images), height, width,
+                                                                 -1)
 
 
 def _load_class_folders(root: Path, image_size, test_split: float) -> ImageData:
@@ -207,9 +210,7 @@ def _load_tfds_classification(name: str, data_dir, image_size, test_split: float
         try:
             dataset = builder.as_dataset(split=split, as_supervised=True)
             if fixed:
-                batches = list(tfds.as_numpy(dataset.batch(4096)))
-                images = np.concatenate([b[0] for b in batches])
-                labels = np.concatenate([b[1] for b in batches])
+                images, labels = _read_batched(dataset)
             else:
                 examples = list(tfds.as_numpy(dataset))
                 images = np.stack([resize_images(_checked(e[0], name)[None], size)[0]
@@ -235,6 +236,16 @@ def _load_tfds_classification(name: str, data_dir, image_size, test_split: float
     if class_names is None:
         class_names = tuple(str(c) for c in range(int(max(y_train.max(), y_test.max())) + 1))
     return ImageData(x_train, y_train, x_test, y_test, class_names, f"TFDS {name} ({root})")
+
+
+def _read_batched(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a TFDS ``(image, label)`` dataset of fixed-size images, read
+    10k at a time: ``batch_size=-1`` aborts the process on streams of unknown length
+    (TFDS's mock data)."""
+    import tensorflow_datasets as tfds
+
+    batches = list(tfds.as_numpy(dataset.batch(10000)))
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
 def _checked(images: np.ndarray, name: str, batch: bool = False) -> np.ndarray:
@@ -379,12 +390,9 @@ def _load_tfds(name: str, root: Path, download: bool) -> ImageData:
     import tensorflow_datasets as tfds  # slow import: only when this source is used
 
     def read(split):
-        # Batches of 10k, not batch_size=-1: that aborts the process on streams of
-        # unknown length (TFDS's mock data).
-        batches = list(tfds.as_numpy(tfds.load(name, split=split, data_dir=str(root),
-                                               download=download).batch(10000)))
-        return (np.concatenate([b["image"][..., 0] for b in batches]),
-                np.concatenate([b["label"] for b in batches]))
+        images, labels = _read_batched(tfds.load(name, split=split, data_dir=str(root),
+                                                 download=download, as_supervised=True))
+        return images[..., 0], labels
 
     try:
         (x_train, y_train), (x_test, y_test) = read("train"), read("test")

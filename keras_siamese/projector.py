@@ -39,6 +39,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector
 
+from keras_siamese.data import resize_images
 from keras_siamese.outputs import atomic_path, write_text
 from keras_siamese.plots import CLASS_COLOURS
 
@@ -72,9 +73,7 @@ def sprite(images: np.ndarray, labels: np.ndarray, light_on_dark: bool = True) -
     height, width = thumbnail_size(count, *images.shape[1:3])
     images = images.reshape(*images.shape[:3], -1)
     if images.shape[1:3] != (height, width):
-        images = np.stack([np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1
-                                                      else image).resize((width, height)))
-                           for image in images]).reshape(count, height, width, -1)
+        images = resize_images(images, height, width)
     if light_on_dark:
         ink = images.max(axis=-1).astype(np.float32) / 255.0
         colours = np.asarray(CLASS_COLOURS, np.float32)[np.asarray(labels) % len(CLASS_COLOURS)]

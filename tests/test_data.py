@@ -125,8 +125,10 @@ def test_tfds_source_accepts_the_original_examples_in_any_order(tmp_path, monkey
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    def fake_load(name, split, **kwargs):
+    def fake_load(name, split, as_supervised=False, **kwargs):  # as tfds.load answers
         images, labels = splits[split]
+        if as_supervised:
+            return tf.data.Dataset.from_tensor_slices((images, labels))
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
 
     monkeypatch.setattr(tfds, "load", fake_load)
