@@ -29,6 +29,10 @@ class MissingDependencyError(SiameseError):
     """A program or package this feature needs (graphviz, pydot, chromium...) is not installed."""
 
 
+class OutOfMemoryError(SiameseError):
+    """Training needed more memory than the device has (too large a batch or images)."""
+
+
 class Interrupted(SiameseError):
     """Training was stopped by the user (Ctrl-C); finished epochs are checkpointed."""
 

@@ -32,7 +32,7 @@ from keras_siamese import (checkpoint, distribute, evaluation, export, latent, m
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import load_dataset
-from keras_siamese.errors import ConfigError, DataError, Interrupted
+from keras_siamese.errors import ConfigError, DataError, Interrupted, OutOfMemoryError
 from keras_siamese.evaluation import Split
 from keras_siamese.losses import (BernoulliReconstructionLoss, ContrastiveLoss, GaussianKLLoss,
                                   OnlineContrastiveLoss, OnlineTripletLoss, TripletLoss)
@@ -228,6 +228,11 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         raise Interrupted(f"interrupted after epoch {kept[0] if kept else 0} of "
                           f"{config.epochs}; continue with: siamese-keras train --resume "
                           f"{run_dir}") from None
+    except tf.errors.ResourceExhaustedError:
+        height, width, _ = x_train.shape[1:]
+        raise OutOfMemoryError(f"out of memory training {config.training_batch_size} "
+                               f"examples of {height}x{width} images per step: lower "
+                               "--batch-size or --image-size") from None
     if not chief:
         return RunResult(run_dir, log_dir, {}, model, chief=False)
     trained = config.epochs - start_epoch

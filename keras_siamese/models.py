@@ -112,12 +112,18 @@ def embedding_of(model) -> keras.Model:
 _compiled_calls = weakref.WeakKeyDictionary()  # embedding model -> its inference function
 
 
-def embed_images(embedding, images, batch_size: int = 1024) -> np.ndarray:
+def embed_images(embedding, images, batch_size: int | None = None) -> np.ndarray:
     """Embeddings of raw-pixel images (N, H, W, C), in order, batch by batch through one
     ``tf.function`` per model. Not ``predict``: that runs the model's distribution
     strategy, whose collective ops would wait forever for the other workers when only
-    the chief embeds."""
+    the chief embeds. The default batch holds as many pixels as 1,024 MNIST digits, so
+    activations stay near 100 MB whatever the image size (1,024 images of 256 x 256
+    would need 8 GB in the first conv layer alone)."""
     import tensorflow as tf
+
+    if batch_size is None:
+        height, width = embedding.input_shape[1:3]
+        batch_size = max(1, min(1024, 1024 * 28 * 28 // (height * width)))
 
     if embedding not in _compiled_calls:
         model = weakref.ref(embedding)  # a strong one would keep the key alive forever

@@ -209,3 +209,33 @@ def test_tfds_dataset_that_is_not_prepared_fails_clearly(tmp_path):
         data.load_dataset("tfds:cifar10", data_dir=tmp_path)
     with pytest.raises(DataError, match="tfds:no_such_set"):
         data.load_dataset("tfds:no_such_set", data_dir=tmp_path)
+
+
+def test_embedding_batches_shrink_with_the_image_size():
+    """Large images are embedded in smaller batches (same results), so scoring 256 x 256
+    images does not ask for gigabytes at once."""
+    from keras_siamese import models
+
+    embedding = models.embedding_net((64, 64, 3), 2)
+    x = np.random.default_rng(1).integers(0, 256, (300, 64, 64, 3)).astype("float32")
+    # 1,024 x 28 x 28 pixels per batch: 196 images of 64 x 64, so two batches here.
+    np.testing.assert_allclose(models.embed_images(embedding, x),
+                               embedding(x, training=False), atol=1e-5)
+
+
+def test_running_out_of_memory_is_one_clear_error(tmp_path, monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from keras_siamese import experiment
+    from keras_siamese.errors import OutOfMemoryError
+
+    def exhausted(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(keras.Model, "fit", exhausted)
+    settings = config.TrainConfig(epochs=1, limit=500, output_dir=str(tmp_path / "out"),
+                                  log_dir=str(tmp_path / "logs"))
+    with pytest.raises(OutOfMemoryError, match="out of memory training 128 examples of "
+                                               "28x28 images per step: lower --batch-size"):
+        experiment.run(settings)
