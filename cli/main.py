@@ -6,15 +6,17 @@ exit code 2 (usage) or 1 (runtime), never a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import sys
 
 import click
 
 from keras_siamese.config import (BACKBONES, DATASETS, LOSSES, MINING, STRATEGIES, VARIANTS,
                                   TrainConfig)
-from keras_siamese.errors import SiameseError
+from keras_siamese.errors import Interrupted, SiameseError
 
 PROG = "siamese-keras"
 
@@ -172,11 +174,16 @@ def train(ctx, resume_folder, **options):
 @app.command()
 @click.argument("run_folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead.")
-def evaluate(run_folder, as_json):
+@click.option("--changed-data", is_flag=True,
+              help="Score the model on its dataset as it is now although it changed since "
+                   "training; the result goes to metrics_changed_data.json, never over "
+                   "the training metrics.json.")
+def evaluate(run_folder, as_json, changed_data):
     """Score a finished run: print its metrics and rewrite its metrics.json.
 
     Uses the run's config.json (dataset, --limit, --holdout-classes, seed), so the figures
-    equal those training wrote.
+    equal those training wrote. A dataset that changed since training (checked against the
+    fingerprint in config.json) is refused unless --changed-data is given.
 
     Example: siamese-keras evaluate output/contrastive_mnist
     """
@@ -184,27 +191,40 @@ def evaluate(run_folder, as_json):
     from pathlib import Path
 
     from keras_siamese import evaluation
-    from keras_siamese.experiment import load_run_data, run_config
+    from keras_siamese.experiment import check_data_unchanged, load_run_data, read_run
+    from keras_siamese.data import fingerprint
     from keras_siamese.outputs import write_json
+    from keras_siamese.run_lock import RunLock
 
     run_dir = Path(run_folder)
-    config = run_config(run_dir)
-    embedding = evaluation.load_embedding(run_dir)  # checked before the data is loaded
-    data = load_run_data(config)
-    sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
-    metrics = evaluation.evaluate(embedding, sets)
-    earlier = run_dir / "metrics.json"
-    if earlier.is_file():  # a training figure, not an evaluation one: keep it
-        seconds = evaluation.read_json(earlier).get("seconds_per_epoch")
-        if seconds is not None:
-            metrics["seconds_per_epoch"] = seconds
-    metrics = evaluation.to_json(metrics)
-    write_json(earlier, metrics)
+    config, recorded = read_run(run_dir)
+    with RunLock(run_dir, "evaluating"):
+        embedding = evaluation.load_embedding(run_dir)  # checked before the data is loaded
+        data = load_run_data(config)
+        target = run_dir / "metrics.json"
+        if changed_data:
+            target = run_dir / "metrics_changed_data.json"
+        else:
+            check_data_unchanged(run_dir, recorded, fingerprint(data),
+                                 "its metrics.json stays as it is; to score the model on the "
+                                 "data as it is now, pass --changed-data (writes "
+                                 "metrics_changed_data.json)")
+        sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit,
+                                          config.seed)
+        metrics = evaluation.evaluate(embedding, sets)
+        if not changed_data:  # keep the training speed, the one figure evaluate cannot make
+            try:
+                metrics["seconds_per_epoch"] = evaluation.read_json(
+                    run_dir / "metrics.json").get("seconds_per_epoch")
+            except SiameseError:  # missing or damaged: it is being rewritten now
+                metrics["seconds_per_epoch"] = None
+        metrics = evaluation.to_json(metrics)
+        write_json(target, metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
         click.echo(evaluation.format_table(metrics, data.class_names))
-        click.echo(f"written: {earlier}")
+        click.echo(f"written: {target}")
 
 
 @app.command()
@@ -252,8 +272,13 @@ def reproduce(losses, datasets, epochs, seed, limit, output_dir, log_dir, data_d
 @app.command("export")
 @click.argument("run_folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(), default=None,
-              help="Folder of the SavedModel  [default: RUN_FOLDER/saved_model]")
-def export_command(run_folder, out):
+              help="Folder of the SavedModel  [default: RUN_FOLDER/saved_model]; an "
+                   "existing folder is replaced only if it holds an earlier export of "
+                   "this run.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an --out folder that holds something else (never the run "
+                   "folder or a folder holding it).")
+def export_command(run_folder, out, overwrite):
     """Export a finished run's embedding net as a TensorFlow SavedModel.
 
     Signatures: serving_default (image -> embedding), distance (first, second -> distance),
@@ -263,7 +288,7 @@ def export_command(run_folder, out):
     """
     from keras_siamese.export import export_run
 
-    path = export_run(run_folder, out)
+    path = export_run(run_folder, out, overwrite)
     click.echo(f"SavedModel: {path}  (inspect: saved_model_cli show --all --dir {path})")
 
 
@@ -285,12 +310,13 @@ def embed(model, inputs, out, invert):
     Example: siamese-keras embed output/contrastive_mnist digits/ --out digits.csv
     """
     from keras_siamese.embed import Embedder, check_output, read_inputs, write_embeddings
+    from keras_siamese.image_folders import shown
 
-    check_output(out)  # before the model loads
+    check_output(out, inputs)  # before the model loads
     embedder = Embedder(model)
     images, names = read_inputs(inputs, embedder.input_shape, invert)
     written = write_embeddings(out, embedder(images), names)
-    click.echo(f"embedded {len(names)} images: {', '.join(map(str, written))}")
+    click.echo(f"embedded {len(names)} images: {', '.join(map(shown, written))}")
 
 
 @app.command()
@@ -323,12 +349,29 @@ def diagram(out):
     click.echo(f"diagrams: {', '.join(str(p) for p in paths)}")
 
 
+def _stop_on_sigterm(signum, frame):
+    """SIGTERM (``kill``, a scheduler's stop) ends a run the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a fault of the machine (full disk, lost permission) that no library
+    call turned into its own error."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device{where}: free some space and run the command again"
+    return f"{error.strerror or error}{where}"
+
+
 def main(argv=None) -> int:
     """Console-script entry point; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # TensorFlow's Python INFO lines (one per checkpoint saved, ...) are not ours to show.
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to: ..."
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored in background jobs
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         app.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as help_shown:
@@ -339,11 +382,23 @@ def main(argv=None) -> int:
         return 2
     except SiameseError as error:
         click.echo(f"{PROG}: error: {error}", err=True)
+        if isinstance(error, Interrupted):
+            _quiet_interrupted_tasks()
         return error.exit_code
     except (click.Abort, KeyboardInterrupt):
         click.echo(f"{PROG}: interrupted", err=True)
+        _quiet_interrupted_tasks()
         return 130
+    except OSError as error:
+        click.echo(f"{PROG}: error: {describe_os_error(error)}", err=True)
+        return 1
     return 0
+
+
+def _quiet_interrupted_tasks() -> None:
+    """An interrupt in the middle of loading leaves the data reader's asyncio tasks pending;
+    at exit each would log "Task was destroyed but it is pending!" (about 120 lines)."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

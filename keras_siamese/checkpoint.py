@@ -15,20 +15,30 @@ entry) are complete; records of a later, unfinished epoch are dropped on resume.
 from __future__ import annotations
 
 import math
+import os
 import re
+import time
+import zipfile
 from pathlib import Path
 
 import keras
 
-from keras_siamese.errors import DataError, SiameseError
+from keras_siamese.errors import DataError, OutputError, SiameseError
 from keras_siamese.outputs import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
+# For tests that stop a run between epochs, however fast or slow the machine: with this
+# variable set to N, a run waits for a signal once epoch N's checkpoint is on disk.
+HOLD_AFTER_EPOCH = "KERAS_SIAMESE_HOLD_AFTER_EPOCH"
 _NAME = re.compile(r"epoch_(\d{3,})\.keras")
 
 
 class NonFiniteLossError(SiameseError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+    def __init__(self, message: str, summary: str = ""):
+        super().__init__(message)
+        self.summary = summary or message  # what happened, without what was kept
 
 
 def checkpoint_path(run_dir, epoch: int) -> Path:
@@ -44,11 +54,22 @@ def last_checkpoint(run_dir) -> tuple[int, Path] | None:
 
 def load_checkpoint(path) -> keras.Model:
     """The compiled model with its optimiser state, as saved after its epoch."""
+    return load_keras_file(path, compile=True, advice="train again with --overwrite")
+
+
+def load_keras_file(path, compile: bool, advice: str) -> keras.Model:
+    """``keras.saving.load_model`` with one clear line for a damaged file: Keras reports
+    a truncated archive as "File not found" and a bit-flipped one with a zip traceback."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"cannot load {path}: not a complete .keras archive (truncated or "
+                        f"damaged); {advice}")
     try:
-        return keras.saving.load_model(path)
-    except (OSError, ValueError, KeyError) as error:  # truncated or foreign file
-        raise DataError(f"cannot load checkpoint {path}: {str(error).splitlines()[0]}; "
-                        "train again with --overwrite") from None
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # zip, h5py, JSON and Keras errors all mean a damaged file
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DataError(f"cannot load {path}: damaged ({type(error).__name__}: "
+                        f"{first[:200]}); {advice}") from None
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -60,12 +81,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         path = checkpoint_path(self.run_dir, epoch + 1)
-        path.parent.mkdir(exist_ok=True)
-        with atomic_path(path) as tmp:
-            self.model.save(tmp)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with atomic_path(path) as tmp:
+                self.model.save(tmp)
+        except OSError as error:  # a full disk, most often; the last checkpoint is intact
+            raise OutputError(f"cannot write the checkpoint {path}: "
+                              f"{error.strerror or error}") from None
         for older in path.parent.glob("epoch_*.keras"):
             if older != path:
                 older.unlink()
+        if os.environ.get(HOLD_AFTER_EPOCH) == str(epoch + 1):
+            while True:  # until a signal ends the run (Ctrl-C and SIGTERM raise here)
+                time.sleep(60)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -86,6 +114,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             kept = last_checkpoint(self.run_dir)
             where = (f"the last good checkpoint (epoch {kept[0]}) is kept: {kept[1]}"
                      if kept else "no epoch had finished, so there is no checkpoint")
-            raise NonFiniteLossError(
-                f"training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}; "
-                f"{where}; try a smaller --learning-rate")
+            summary = f"training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}"
+            raise NonFiniteLossError(f"{summary}; {where}; try a smaller --learning-rate",
+                                     summary)

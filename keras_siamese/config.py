@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from keras_siamese.errors import ConfigError
+from keras_siamese.errors import ConfigError, DataError
 
 LOSSES = ("softmax", "contrastive", "bce", "triplet", "vae")
 DATASETS = ("mnist", "fashion_mnist")  # built in; also tfds:NAME or a class-folder path
@@ -22,6 +22,14 @@ MINING = {"softmax": ("random",), "bce": ("random",), "vae": ("random",),
           "contrastive": ("random", "hard-negative"),
           "triplet": ("random", "batch-all", "batch-hard", "semi-hard")}
 
+
+DATA_FINGERPRINT = "data_fingerprint"  # config.json's record of the data (data.fingerprint)
+# Upper bounds that keep a typo (an extra zero or two) from reaching TensorFlow or the OS.
+MAX_EMBEDDING_DIM = 4096
+MAX_IMAGE_SIZE = 1024
+MAX_GIF_FRAME_MS = 655350  # GIF stores frame durations as 16-bit centiseconds
+MAX_SEED = 2**32 - 1  # numpy's and keras.utils.set_random_seed's limit
+MAX_NAME_BYTES = 200  # run folder names; file systems allow 255 bytes, staging adds some
 
 # Every loss, and every loss with an online mining rule: the columns ``reproduce`` offers.
 VARIANTS = LOSSES + tuple(f"{loss}-{rule}" for loss, rules in MINING.items()
@@ -88,6 +96,8 @@ class TrainConfig:
         if self.classes_per_batch < 2 or self.images_per_class < 2:
             raise ConfigError("--classes-per-batch and --images-per-class must be >= 2, got "
                               f"{self.classes_per_batch} and {self.images_per_class}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"--image-size must be <= {MAX_IMAGE_SIZE}, got {self.image_size}")
         _require_positive("epochs", self.epochs)
         _require_positive("batch size", self.batch_size)
         _require_positive("learning rate", self.learning_rate)
@@ -95,20 +105,38 @@ class TrainConfig:
         _require_positive("embedding dimension", self.embedding_dim)
         if self.limit is not None:
             _require_positive("limit", self.limit)
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for what, value in (("learning rate", self.learning_rate), ("margin", self.margin)):
+            if value == float("inf"):
+                raise ConfigError(f"{what} must be a finite number, got {value}")
+        if self.embedding_dim > MAX_EMBEDDING_DIM:
+            raise ConfigError(f"embedding dimension must be <= {MAX_EMBEDDING_DIM}, got "
+                              f"{self.embedding_dim}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         _require_positive("--frame-images", self.frame_images)
         _require_positive("--gif-frame-ms", self.gif_frame_ms)
+        if self.gif_frame_ms > MAX_GIF_FRAME_MS:
+            raise ConfigError(f"--gif-frame-ms must be <= {MAX_GIF_FRAME_MS} (GIF's longest "
+                              f"frame), got {self.gif_frame_ms}")
         if self.projector_every < 0:
             raise ConfigError(f"--projector-every must be >= 0, got {self.projector_every}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
         if self.run_name is not None and (
             not self.run_name or "/" in self.run_name or self.run_name.startswith(".")
+            or "\0" in self.run_name
         ):
             raise ConfigError(
                 f"run name {self.run_name!r} must be a plain folder name (no '/', not hidden)"
             )
+        if len(os.fsencode(self.name)) > MAX_NAME_BYTES:
+            raise ConfigError(f"run name {self.name[:40]!r}... is {len(os.fsencode(self.name))} "
+                              f"bytes long: give a --run-name of at most {MAX_NAME_BYTES}")
+        if _inside(self.run_dir, self.tensorboard_dir) or _inside(self.tensorboard_dir,
+                                                                   self.run_dir):
+            raise ConfigError(f"the run folder {self.run_dir} and its TensorBoard folder "
+                              f"{self.tensorboard_dir} overlap: give --output-dir and "
+                              "--log-dir that are apart")
 
     @property
     def online(self) -> bool:
@@ -134,7 +162,9 @@ class TrainConfig:
             return self.dataset[len("tfds:"):].replace("/", "-")
         if self.dataset in DATASETS:
             return self.dataset
-        return os.path.basename(os.path.abspath(self.dataset))
+        from keras_siamese.image_folders import display_name  # a non-UTF-8 name, escaped
+
+        return display_name(os.path.basename(os.path.abspath(self.dataset)))
 
     @property
     def name(self) -> str:
@@ -149,8 +179,64 @@ class TrainConfig:
     def tensorboard_dir(self) -> Path:
         return Path(self.log_dir) / self.name
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+    def to_json(self, data_fingerprint: dict | None = None) -> str:
+        """The settings as ``config.json`` holds them, with the run's data fingerprint."""
+        settings = dataclasses.asdict(self)
+        if data_fingerprint is not None:
+            settings[DATA_FINGERPRINT] = data_fingerprint
+        return json.dumps(settings, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source) -> tuple["TrainConfig", dict | None]:
+        """``(config, data fingerprint or None)`` from a ``config.json``'s text; DataError
+        naming ``source`` for anything that is not a run's settings of this version."""
+        try:
+            settings = json.loads(text)
+        except ValueError as error:
+            raise DataError(f"{source} is not valid JSON ({error}): not a run's settings") \
+                from None
+        if not isinstance(settings, dict):
+            raise DataError(f"{source} holds a JSON {type(settings).__name__}, not a run's "
+                            "settings (a JSON object)")
+        fingerprint = settings.pop(DATA_FINGERPRINT, None)
+        fields = {field.name: field.type for field in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - set(fields))
+        if unknown:
+            raise DataError(f"{source} has settings this version does not know "
+                            f"({', '.join(unknown)}): made by another version?")
+        for name, value in settings.items():
+            if not _has_type(value, fields[name]):
+                raise DataError(f"{source}: {name} is {json.dumps(value)}, not a "
+                                f"value of type {fields[name]}; repair or remove the file")
+        settings["holdout_classes"] = tuple(settings.get("holdout_classes", ()))
+        if not isinstance(fingerprint, (dict, type(None))):
+            raise DataError(f"{source}: {DATA_FINGERPRINT} is not a JSON object")
+        try:
+            return cls(**settings), fingerprint
+        except ConfigError as error:
+            raise DataError(f"{source}: {error}") from None
+
+
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _has_type(value, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated ``annotation`` (``int | None``, ...)."""
+    if annotation == "tuple[int, ...]":
+        return isinstance(value, list) and all(_has_type(v, "int") for v in value)
+    for part in annotation.split(" | "):
+        if part == "None" and value is None:
+            return True
+        kinds = _JSON_TYPES.get(part, ())
+        if isinstance(value, kinds) and (part == "bool" or not isinstance(value, bool)):
+            return True
+    return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (compared as absolute paths)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
 
 
 def _require_positive(what: str, value) -> None:

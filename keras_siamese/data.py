@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_siamese import memory
 from keras_siamese.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,13 @@ class ImageData:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
-                 image_size: int | None = None, test_split: float = 0.2) -> ImageData:
+                 image_size: int | None = None, test_split: float = 0.2,
+                 resize: bool = True) -> ImageData:
     """Load a dataset by ``name``: ``mnist`` or ``fashion_mnist`` from the first source that
     has it, ``tfds:NAME``, or a class-folder path (see module doc). ``test_split`` is the
-    share of each class held out for testing where a dataset has no test split."""
+    share of each class held out for testing where a dataset has no test split. With
+    ``resize=False``, data that comes at a fixed size of its own keeps it (a caller that
+    uses part of it resizes that part with :func:`resize_dataset`)."""
     if name.startswith(TFDS_PREFIX):
         data = _load_tfds_classification(name[len(TFDS_PREFIX):], data_dir, image_size,
                                          test_split)
@@ -108,10 +112,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
         data = _load_builtin(name, data_dir)
     else:
         data = _load_class_folders(Path(name), image_size, test_split)
-    if image_size is not None and data.x_train.shape[1:3] != (image_size, image_size):
-        data = dataclasses.replace(data, x_train=resize_images(data.x_train, image_size),
-                                   x_test=resize_images(data.x_test, image_size))
-    return data
+    return resize_dataset(data, image_size) if resize else data
+
+
+def resize_dataset(data: ImageData, image_size: int | None) -> ImageData:
+    """``data`` with its images at ``image_size`` square (unchanged for None)."""
+    if image_size is None or data.x_train.shape[1:3] == (image_size, image_size):
+        return data
+    return dataclasses.replace(data, x_train=resize_images(data.x_train, image_size),
+                               x_test=resize_images(data.x_test, image_size))
 
 
 def _load_builtin(name: str, data_dir) -> ImageData:
@@ -141,18 +150,23 @@ def _load_builtin(name: str, data_dir) -> ImageData:
 
 
 def split_by_class(labels: np.ndarray, test_split: float, class_names=None,
-                   seed: int = SPLIT_SEED) -> np.ndarray:
-    """A boolean test mask: in each class, ``round(n * test_split)`` members (at least one,
-    and at least one left to train on) picked by a seeded permutation."""
+                   seed: int = SPLIT_SEED, min_each: int = 1) -> np.ndarray:
+    """A boolean test mask: in each class, ``round(n * test_split)`` members (at least
+    ``min_each``, and at least ``min_each`` left to train on) picked by a seeded
+    permutation. DataError naming the smallest class if it has fewer than ``2 * min_each``."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) and counts.min() < 2 * min_each:
+        cls, n = classes[counts.argmin()], int(counts.min())
+        name = f"'{class_names[cls]}'" if class_names is not None else cls
+        sides = ("one to train on, one to test" if min_each == 1 else
+                 f"{min_each} to train on, {min_each} to test on")
+        raise DataError(f"class {name} has {n} image{'' if n == 1 else 's'}: each class needs "
+                        f"at least {2 * min_each} ({sides})")
     test = np.zeros(len(labels), bool)
     rng = np.random.default_rng(seed)
-    for cls in np.unique(labels):
+    for cls in classes:
         members = np.flatnonzero(labels == cls)
-        if len(members) < 2:
-            name = repr(class_names[cls]) if class_names is not None else cls
-            raise DataError(f"class {name} has {len(members)} image: each class needs at "
-                            "least 2 (one to train on, one to test)")
-        count = min(max(1, round(len(members) * test_split)), len(members) - 1)
+        count = min(max(min_each, round(len(members) * test_split)), len(members) - min_each)
         test[rng.permutation(members)[:count]] = True
     return test
 
@@ -176,13 +190,37 @@ def _load_class_folders(root: Path, image_size, test_split: float) -> ImageData:
     from keras_siamese import image_folders
 
     files, labels, class_names = image_folders.list_class_folders(root)
-    test = split_by_class(labels, test_split, class_names)
+    # Every header first (a broken or oversized file is named before anything else), then
+    # the class sizes, then the pixels.
     shape = image_folders.image_format(files, image_size, DEFAULT_IMAGE_SIZE)
+    test = _split_class_folders(root, files, labels, class_names, test_split)
+    memory.require(memory.image_bytes(len(files), *shape),
+                   f"holding {len(files)} images of {'x'.join(map(str, shape))}",
+                   "lower --image-size or use a smaller folder")
     images = image_folders.read_images(files, *shape)
     log.info("read %d images of %d classes from %s at %s", len(files), len(class_names),
              root, "x".join(map(str, shape)))
     return ImageData(images[~test], labels[~test], images[test], labels[test], class_names,
                      source=str(root))
+
+
+# Pairs and triplets need two images of a class on each side: two to train on (a positive
+# pair) and two to test on (the fixed evaluation pairs of the test images).
+MIN_IMAGES_EACH_SIDE = 2
+
+
+def _split_class_folders(root: Path, files, labels, class_names, test_split: float):
+    """:func:`split_by_class` with two images of every class on each side; DataError naming
+    the smallest class's folder if it has fewer than four."""
+    from keras_siamese import image_folders
+
+    try:
+        return split_by_class(labels, test_split, class_names, min_each=MIN_IMAGES_EACH_SIDE)
+    except DataError as error:
+        counts = np.bincount(labels, minlength=len(class_names))
+        folder = files[int(np.flatnonzero(labels == counts.argmin())[0])].parent
+        raise DataError(f"--dataset {image_folders.shown(root)}: {error}; add images to "
+                        f"{image_folders.shown(folder)} or remove that folder") from None
 
 
 def _load_tfds_classification(name: str, data_dir, image_size, test_split: float) -> ImageData:
@@ -427,3 +465,19 @@ def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def fingerprint(data: ImageData) -> dict:
+    """What a run records of its data (``config.json``) to notice later that it changed:
+    the image counts and a sha256 over every image, label and class name, in order.
+
+    It covers every source alike: a class folder that gained, lost or renamed a file (which
+    also moves its fixed train/test split), a replaced idx file, another TFDS version."""
+    digest = hashlib.sha256()
+    for array in (data.x_train, data.y_train, data.x_test, data.y_test):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    digest.update("\n".join(data.class_names).encode("utf-8", "surrogateescape"))
+    return {"train_images": int(len(data.y_train)), "test_images": int(len(data.y_test)),
+            "classes": data.num_classes, "sha256": digest.hexdigest()}

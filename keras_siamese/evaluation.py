@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_siamese import models, streams
+from keras_siamese.checkpoint import load_keras_file
 from keras_siamese.data import ImageData, balanced_subset
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.metrics import embedding_metrics
@@ -87,6 +88,18 @@ def training_split(data: ImageData, holdout_classes=(), limit: int | None = None
     if limit is not None and limit < len(y):
         x, y = balanced_subset(x, y, limit, seed)
     return x, y
+
+
+def used_images(data: ImageData, holdout_classes=(), limit: int | None = None,
+                seed: int = 0) -> ImageData:
+    """``data`` keeping only the training images a run uses: its :func:`training_split`
+    followed by the held-out classes' images (their gallery). :func:`evaluation_sets` of
+    the result equals that of ``data``; a run keeps no more than this in memory."""
+    holdout = check_holdout(data, holdout_classes)
+    x, y = training_split(data, holdout, limit, seed)
+    unseen = np.isin(data.y_train, holdout)
+    return dataclasses.replace(data, x_train=np.concatenate([x, data.x_train[unseen]]),
+                               y_train=np.concatenate([y, data.y_train[unseen]]))
 
 
 def evaluation_sets(data: ImageData, holdout_classes=(), limit: int | None = None,
@@ -209,10 +222,7 @@ def load_run_model(path) -> keras.Model:
         path = path / "model.keras"
     if not path.is_file():
         raise ConfigError(f"{path} not found: give the folder of a finished training run")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"cannot load {path}: {error}") from None
+    return load_keras_file(path, compile=False, advice="retrain the run with --overwrite")
 
 
 def load_embedding(run_dir) -> keras.Model:
@@ -225,6 +235,9 @@ def read_json(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} not found: give the folder of a finished training run")
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read {path}: {error}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path} holds a JSON {type(value).__name__}, not an object: damaged")
+    return value

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import sys
 import time
@@ -27,18 +28,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese import (checkpoint, distribute, evaluation, export, latent, models,
+from keras_siamese import (checkpoint, distribute, evaluation, export, latent, memory, models,
                            projector, streams)
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
-from keras_siamese.data import load_dataset
-from keras_siamese.errors import ConfigError, DataError, Interrupted, OutOfMemoryError
+from keras_siamese.data import fingerprint as data_fingerprint
+from keras_siamese.data import load_dataset, resize_dataset
+from keras_siamese.errors import (ConfigError, DataError, Interrupted, OutOfMemoryError,
+                                  OutputError, SiameseError)
 from keras_siamese.evaluation import Split
 from keras_siamese.losses import (BernoulliReconstructionLoss, ContrastiveLoss, GaussianKLLoss,
                                   OnlineContrastiveLoss, OnlineTripletLoss, TripletLoss)
 from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
                                    write_json, write_text)
 from keras_siamese.plots import manifold_image, reconstruction_strip, scatter_embeddings
+from keras_siamese.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +136,44 @@ def _callbacks(config: TrainConfig, embedding, shown: latent.FrameImages,
     return callbacks + [checkpoint.EpochCheckpoint(run_dir)]
 
 
-def run_config(run_folder) -> TrainConfig:
+def read_run(run_folder) -> tuple[TrainConfig, dict | None]:
     """The settings of the run in ``run_folder`` (its ``config.json``), pointed at that
-    folder wherever it now is."""
+    folder wherever it now is, and the fingerprint of the data it was trained on (None for
+    runs made before fingerprints were recorded)."""
     run_dir = Path(run_folder)
-    if not (run_dir / "config.json").is_file():
+    path = run_dir / "config.json"
+    if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
-    settings = evaluation.read_json(run_dir / "config.json")
-    settings.update(output_dir=str(run_dir.parent), run_name=run_dir.name, overwrite=False)
-    settings["holdout_classes"] = tuple(settings.get("holdout_classes", ()))
     try:
-        return TrainConfig(**settings)
-    except TypeError as error:
-        raise DataError(f"{run_dir / 'config.json'} is not a config of this version: "
-                        f"{error}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    config, fingerprint = TrainConfig.from_json(text, path)
+    try:
+        config = dataclasses.replace(config, output_dir=str(run_dir.parent),
+                                     run_name=run_dir.name, overwrite=False)
+    except ConfigError as error:
+        raise DataError(f"{path}: {error}") from None
+    return config, fingerprint
+
+
+def run_config(run_folder) -> TrainConfig:
+    """The settings of the run in ``run_folder``, see :func:`read_run`."""
+    return read_run(run_folder)[0]
+
+
+def check_data_unchanged(run_dir, recorded: dict | None, current: dict, doing: str) -> None:
+    """DataError when the data a run recorded differs from what its settings load now."""
+    if recorded is None:
+        log.warning("%s records no fingerprint of its data (made by an older version): "
+                    "cannot check that the data is unchanged", run_dir)
+    elif recorded != current:
+        then = f"{recorded.get('train_images')} training / {recorded.get('test_images')} test"
+        now = f"{current['train_images']} training / {current['test_images']} test"
+        what = (f"{then} images then, {now} now" if then != now else
+                f"the same {now} images, other content")
+        raise DataError(f"the data of {run_dir} has changed since it was trained ({what}): "
+                        f"{doing}")
 
 
 def _resume_point(run_dir: Path, epochs: int) -> tuple[int, Path]:
@@ -166,17 +194,124 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
 
     With ``resume``, continue the interrupted run in ``config.run_dir`` (made with these
     settings, see :func:`run_config`) from its last checkpoint. Under ``--strategy
-    multi-worker`` every worker runs this; only the chief writes (:mod:`distribute`)."""
+    multi-worker`` every worker runs this; only the chief writes (:mod:`distribute`).
+
+    The chief holds the run's lock (:mod:`run_lock`) throughout. A run that replaces an
+    earlier one (``overwrite``) trains in hidden folders beside it and takes its place only
+    once finished, so a failed or interrupted new run leaves the earlier one as it was; a
+    new run that fails before its first checkpoint leaves no folder behind."""
     strategy = distribute.make_strategy(config.strategy)  # before any other TensorFlow work
-    chief = distribute.is_chief(strategy)
+    if not distribute.is_chief(strategy):
+        return _train(config, strategy, resume, chief=False)
+    with RunLock(config.run_dir, "training"):
+        _remove_leftovers(config)
+        replacing = False
+        if not resume:
+            check_run_folders([config.run_dir, config.tensorboard_dir], config.overwrite)
+            replacing = config.run_dir.exists() or config.tensorboard_dir.exists()
+        work = _staging(config) if replacing else config
+        try:
+            result = _train(work, strategy, resume, record=config)
+        except BaseException as error:
+            created = work.run_dir.exists()
+            kept = resume or (not replacing and
+                              checkpoint.last_checkpoint(config.run_dir) is not None)
+            if created and not kept:  # nothing resumable: remove what this run made
+                for folder in (work.run_dir, work.tensorboard_dir):
+                    shutil.rmtree(folder.parent if replacing else folder, ignore_errors=True)
+            raise _explained(error, config, replacing, kept, created or resume) from None
+        if replacing:
+            _swap_into_place(work, config)
+            result = dataclasses.replace(result, run_dir=config.run_dir,
+                                         log_dir=config.tensorboard_dir)
+        return result
+
+
+def _staging(config: TrainConfig) -> TrainConfig:
+    """Where a run that replaces an earlier one trains: hidden folders beside it."""
+    hidden = f".{config.name}.new-{os.getpid()}"
+    return dataclasses.replace(config, output_dir=str(Path(config.output_dir) / hidden),
+                               log_dir=str(Path(config.log_dir) / hidden))
+
+
+def _swap_into_place(work: TrainConfig, config: TrainConfig) -> None:
+    """Move the finished new run's folders to the earlier run's places, then delete the
+    earlier run; each ``os.replace`` is atomic, so a crash leaves one run or the other."""
+    for new, target in ((work.run_dir, config.run_dir),
+                        (work.tensorboard_dir, config.tensorboard_dir)):
+        old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        try:
+            if target.exists():
+                os.replace(target, old)
+            os.replace(new, target)
+        except OSError as error:
+            raise OutputError(f"cannot move the new run into {target}: "
+                              f"{error.strerror or error}; it is in {new}") from None
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(new.parent, ignore_errors=True)
+
+
+def _remove_leftovers(config: TrainConfig) -> None:
+    """Delete what killed commands left behind: temporary files of interrupted writes
+    (``.NAME.tmp-PID``) in the run's folders, and hidden folders of an interrupted
+    replacement beside them. The caller holds the run's lock, so nothing else writes."""
+    for folder in (config.run_dir, config.tensorboard_dir):
+        if folder.is_dir():
+            for path in sorted(folder.rglob(".*.tmp-*"), reverse=True):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        for pattern in (f".{config.name}.new-*", f".{config.name}.replaced-*"):
+            for path in folder.parent.glob(pattern):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _explained(error: BaseException, config: TrainConfig, replacing: bool, kept: bool,
+               started: bool) -> BaseException:
+    """The error a failed run reports, with what became of its folders once it had
+    ``started`` writing them."""
+    if isinstance(error, OSError):  # a full disk, most often, while writing a record
+        error = OutputError(f"cannot write {error.filename or 'the run'}: "
+                            f"{error.strerror or error}")
+    found = checkpoint.last_checkpoint(config.run_dir) if kept else None
+    if replacing:
+        outcome = f"the new run was discarded and {config.run_dir} is unchanged"
+    elif found:
+        outcome = (f"epochs up to {found[0]} are kept; continue with: siamese-keras train "
+                   f"--resume {config.run_dir}")
+    elif started:
+        outcome = "no epoch had finished, so nothing was kept"
+    else:
+        outcome = ""
+    if isinstance(error, KeyboardInterrupt):
+        if found:
+            return Interrupted(f"interrupted after epoch {found[0]} of {config.epochs}; "
+                               f"continue with: siamese-keras train --resume {config.run_dir}")
+        return Interrupted("interrupted" + (f"; {outcome}" if outcome else ""))
+    if isinstance(error, checkpoint.NonFiniteLossError):
+        if found:
+            return error  # its message names the checkpoint that is kept
+        return checkpoint.NonFiniteLossError(f"{error.summary}; {outcome}; try a smaller "
+                                             "--learning-rate")
+    if isinstance(error, SiameseError) and outcome:
+        return type(error)(f"{error}; {outcome}")
+    return error
+
+
+def _train(config: TrainConfig, strategy, resume: bool, chief: bool = True,
+           record: TrainConfig | None = None) -> RunResult:
+    """Train and write ``config.run_dir`` (see :func:`run`); ``config.json`` holds
+    ``record``, the settings as the user gave them (``config`` may point to staging)."""
     run_dir, log_dir = config.run_dir, config.tensorboard_dir
+    recorded = None
     if resume:
         start_epoch, saved = _resume_point(run_dir, config.epochs)
+        recorded = read_run(run_dir)[1]
     else:
         start_epoch, saved = 0, None
-        if chief:
-            check_run_folders([run_dir, log_dir], config.overwrite)
-    data = load_run_data(config)  # before touching any old run
+    data = load_run_data(config)
+    fingerprint = data_fingerprint(data)
+    if resume:
+        check_data_unchanged(run_dir, recorded, fingerprint, "resuming would train on other "
+                             "data; restore the data or train a new run")
     # Both check the settings against the data before any folder is made.
     sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
     shown = latent.frame_images(data, config.frame_images)
@@ -201,12 +336,13 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         else:
             model = compiled_model(config, x_train.shape[1:], float(x_train.mean()),
                                    float(x_train.std()), data.num_classes, steps)
+    _check_training_memory(config, model, data)
     if chief:
         if resume:
             log_dir.mkdir(parents=True, exist_ok=True)
         else:
-            create_run_folders([run_dir, log_dir], config.overwrite)
-            write_text(run_dir / "config.json", config.to_json())
+            create_run_folders([run_dir, log_dir])
+            write_text(run_dir / "config.json", (record or config).to_json(fingerprint))
     embedding = models.embedding_of(model)
     train, validation = map(distribute.shard_by_data,
                             training_streams(config, sets.seen, start_epoch))
@@ -223,12 +359,10 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
             validation_data=validation, shuffle=False,  # streams shuffle themselves
             callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
         )
-    except KeyboardInterrupt:
-        kept = checkpoint.last_checkpoint(run_dir)
-        raise Interrupted(f"interrupted after epoch {kept[0] if kept else 0} of "
-                          f"{config.epochs}; continue with: siamese-keras train --resume "
-                          f"{run_dir}") from None
-    except tf.errors.ResourceExhaustedError:
+    except tf.errors.ResourceExhaustedError as error:
+        if "space left" in error.message:  # TensorBoard's event writer on a full disk
+            raise OutputError(f"cannot write the TensorBoard logs in {log_dir}: No space "
+                              "left on device") from None
         height, width, _ = x_train.shape[1:]
         raise OutOfMemoryError(f"out of memory training {config.training_batch_size} "
                                f"examples of {height}x{width} images per step: lower "
@@ -245,7 +379,8 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         model = checkpoint.load_checkpoint(run_dir / "model.keras")
         embedding = models.embedding_of(model)
     if config.export:
-        export.export_saved_model(model, run_dir / export.SAVED_MODEL)
+        export.export_saved_model(model, run_dir / export.SAVED_MODEL,
+                                  origin=(record or config).run_dir.absolute())
     metrics = evaluation.evaluate(embedding, sets)
     evaluation.log_scalars(metrics_writer, metrics, config.epochs)
     metrics_writer.close()
@@ -265,14 +400,34 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
 
 
 def load_run_data(config: TrainConfig):
-    """The dataset a run trains on, read as its settings say; ConfigError where the images
-    cannot work with its model."""
-    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.test_split)
-    height, width = data.x_train.shape[1:3]
+    """The data a run trains and is scored on, read as its settings say: the training
+    images it does not use (outside its ``--limit`` subset) are dropped before the rest is
+    resized to ``--image-size``, once the memory for it is known to be there. ConfigError
+    where the images cannot work with its model."""
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.test_split,
+                        resize=False)
+    data = evaluation.used_images(data, config.holdout_classes, config.limit, config.seed)
+    height, width, channels = data.x_train.shape[1:]
+    if config.image_size is not None:
+        height = width = config.image_size
+    count = len(data.y_train) + len(data.y_test)
+    memory.require(memory.image_bytes(count, height, width, channels),
+                   f"holding {count} images of {height}x{width}x{channels}",
+                   "lower --image-size or --limit")
+    data = resize_dataset(data, config.image_size)
     if config.loss == "vae" and (height % 4 or width % 4):
         raise ConfigError(f"the VAE's decoder needs image sides that are multiples of 4; "
                           f"{config.dataset} has {height}x{width}: pass --image-size")
     return data
+
+
+def _check_training_memory(config: TrainConfig, model: keras.Model, data) -> None:
+    """OutOfMemoryError before training when a step would not fit (see :mod:`memory`)."""
+    images = config.training_batch_size * len(model.inputs) * (2 if config.loss == "vae" else 1)
+    height, width, _ = data.x_train.shape[1:]
+    memory.require(memory.training_bytes(models.embedding_of(model), images),
+                   f"training {config.training_batch_size} examples of {height}x{width} "
+                   "images per step", "lower --batch-size or --image-size")
 
 
 def vae_figures(model: keras.Model, embedding: keras.Model, data, run_dir: Path) -> None:

@@ -10,11 +10,22 @@ pixels, float32 ``[batch, H, W, C]`` in 0..255. Its signatures:
 - ``same_probability(first, second) -> {"same_probability": [batch]}``, only for a BCE run:
   the trained head ``sigmoid(w . |e1 - e2| + b)``, the probability of the same class.
 
+Every signature checks its images and refuses, with an ``InvalidArgumentError`` saying
+what it expects, a batch of another size than the model's (TensorFlow's signatures let
+some through: 29 to 31 px images reached a 28 px model and were embedded as if 28 px),
+NaN or infinite pixels, and pixels outside 0..255.
+
 Reload it with plain TensorFlow: ``tf.saved_model.load(path).signatures["serving_default"]``.
+
+The export folder also holds ``assets.extra/keras_siamese.json`` (the run it came from),
+so ``siamese-keras export`` knows a folder it may replace; ``assets.extra`` is the
+SavedModel convention for files TensorFlow Serving ignores.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -22,30 +33,53 @@ import keras
 import tensorflow as tf
 
 from keras_siamese import models
+from keras_siamese.errors import ConfigError, OutputError
 from keras_siamese.evaluation import load_run_model
-from keras_siamese.errors import OutputError
-from keras_siamese.outputs import atomic_path
+from keras_siamese.run_lock import RunLock
 
 SAVED_MODEL = "saved_model"  # the export's folder name inside a run folder
+ORIGIN = Path("assets.extra") / "keras_siamese.json"  # which run an export came from
 
 
-def export_saved_model(model: keras.Model, path) -> Path:
+def _checked_images(image, height: int, width: int, channels: int):
+    """``image`` once the graph has checked it is [batch, height, width, channels] finite
+    raw pixels 0..255 (see module doc)."""
+    expected = f"[batch, {height}, {width}, {channels}] float32 raw pixels 0..255"
+    checks = [
+        tf.debugging.assert_equal(tf.shape(image)[1:], tf.constant([height, width, channels]),
+                                  message=f"images must be {expected}"),
+        tf.debugging.assert_all_finite(image, f"images hold NaN or inf: must be {expected}"),
+        tf.debugging.assert_greater_equal(image, 0.0, message=f"pixels below 0: must be "
+                                          f"{expected}"),
+        tf.debugging.assert_less_equal(image, 255.0, message=f"pixels above 255: must be "
+                                       f"{expected}"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(image)
+
+
+def export_saved_model(model: keras.Model, path, origin=None) -> Path:
     """Write ``model``'s embedding net (and a BCE model's head) as a SavedModel at ``path``.
 
     ``model`` is any model built by :mod:`keras_siamese.models` (or the embedding net
-    itself). The folder appears complete or not at all.
+    itself); ``origin`` is the run folder it came from. The folder appears complete or
+    not at all, and an earlier folder at ``path`` is replaced only once it is.
     """
+    origin = str(origin) if origin is not None else None
     embedding = models.embedding_of(model)
-    image = tf.TensorSpec([None, *embedding.input_shape[1:]], tf.float32)
+    shape = embedding.input_shape[1:]
+    image = tf.TensorSpec([None, *shape], tf.float32)
+
+    def embed(images):
+        return embedding(_checked_images(images, *shape), training=False)
 
     archive = keras.export.ExportArchive()
     archive.track(embedding)
-    archive.add_endpoint(
-        "serving_default", lambda image: {"embedding": embedding(image, training=False)},
-        input_signature=[image])
+    archive.add_endpoint("serving_default", lambda image: {"embedding": embed(image)},
+                         input_signature=[image])
 
     def distance(first, second):
-        difference = embedding(first, training=False) - embedding(second, training=False)
+        difference = embed(first) - embed(second)
         return {"distance": tf.sqrt(tf.reduce_sum(tf.square(difference), axis=-1))}
 
     archive.add_endpoint("distance", distance, input_signature=[image, image])
@@ -55,29 +89,63 @@ def export_saved_model(model: keras.Model, path) -> Path:
         archive.track(head)
 
         def same_probability(first, second):
-            difference = tf.abs(embedding(first, training=False)
-                                - embedding(second, training=False))
+            difference = tf.abs(embed(first) - embed(second))
             return {"same_probability": tf.squeeze(head(difference), axis=-1)}
 
         archive.add_endpoint("same_probability", same_probability,
                              input_signature=[image, image])
 
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            archive.write_out(str(tmp), verbose=False)
-            if path.exists():  # os.replace cannot replace a non-empty folder
-                shutil.rmtree(path)
-    except OSError as error:
-        raise OutputError(f"cannot write the SavedModel to {path}: "
-                          f"{error.strerror or error}") from None
+        archive.write_out(str(tmp), verbose=False)
+        (tmp / ORIGIN).parent.mkdir(exist_ok=True)
+        (tmp / ORIGIN).write_text(json.dumps({"run": origin}) + "\n")
+        # Swap: the new export takes the name at once, the old one is deleted after.
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except (OSError, tf.errors.OpError) as error:  # TensorFlow reports a full disk its way
+        message = getattr(error, "strerror", None) or getattr(error, "message", None) or error
+        raise OutputError(f"cannot write the SavedModel to {path}: {message}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
-def export_run(run_dir, out=None) -> Path:
-    """Export the finished run in ``run_dir`` (its ``model.keras``) to ``out``, by default
-    ``run_dir/saved_model``."""
-    target = out if out is not None else Path(run_dir) / SAVED_MODEL
-    return export_saved_model(load_run_model(run_dir), target)
+def export_origin(path) -> str | None:
+    """The run folder an export folder came from, or None if it is not one of ours."""
+    try:
+        return json.loads((Path(path) / ORIGIN).read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
 
+
+def check_export_target(run_dir, out, overwrite: bool) -> Path:
+    """``out`` if exporting the run there destroys nothing the user did not ask to: never
+    the run folder or a folder holding it; an existing non-empty folder only when it is an
+    earlier export of this run, or with ``overwrite``."""
+    run_dir, out = Path(run_dir).absolute(), Path(out).absolute()
+    if out == run_dir or out in run_dir.parents:
+        raise ConfigError(f"--out {out} would replace the run folder {run_dir} (or a folder "
+                          "that holds it): choose another folder")
+    if out.is_file() or out.is_symlink():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose a folder name")
+    ours = out == run_dir / SAVED_MODEL or export_origin(out) == str(run_dir)
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not ours:
+        raise ConfigError(f"--out {out} is a folder that holds other files (not an earlier "
+                          "export of this run): choose a new folder, or pass --overwrite to "
+                          "replace it")
+    return out
+
+
+def export_run(run_dir, out=None, overwrite: bool = False) -> Path:
+    """Export the finished run in ``run_dir`` (its ``model.keras``) to ``out``, by default
+    ``run_dir/saved_model``, as :func:`check_export_target` allows."""
+    target = check_export_target(run_dir, out if out is not None else
+                                 Path(run_dir) / SAVED_MODEL, overwrite)
+    with RunLock(run_dir, "exporting", writes=target.parent == Path(run_dir).absolute()):
+        return export_saved_model(load_run_model(run_dir), target, Path(run_dir).absolute())

@@ -56,12 +56,11 @@ def check_run_folders(folders, overwrite: bool) -> None:
                               "choose another folder") from None
 
 
-def create_run_folders(folders, overwrite: bool) -> None:
-    """Create fresh, empty run folders (removing old ones only when overwrite is set)."""
+def create_run_folders(folders) -> None:
+    """Create fresh, empty run folders (an earlier run is replaced only once the new one
+    has finished, see :func:`keras_siamese.experiment.run`)."""
     for folder in map(Path, folders):
         try:
-            if overwrite and folder.exists():
-                shutil.rmtree(folder)
             folder.mkdir(parents=True)
         except OSError as error:
             raise OutputError(f"cannot create {folder}: {error.strerror or error}") from None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import keras
 
-from keras_siamese.config import TrainConfig
+from keras_siamese.config import DATA_FINGERPRINT, TrainConfig
 from keras_siamese.evaluation import to_json
 from keras_siamese.outputs import write_json, write_text
 from keras_siamese.plots import plt, save_figure
@@ -60,7 +60,8 @@ def _finished(config: TrainConfig) -> dict | None:
     defaults = json.loads(TrainConfig().to_json())
 
     def settings(text: str) -> dict:
-        return {k: v for k, v in {**defaults, **json.loads(text)}.items() if k != "overwrite"}
+        return {k: v for k, v in {**defaults, **json.loads(text)}.items()
+                if k not in ("overwrite", DATA_FINGERPRINT)}
 
     try:
         if settings((config.run_dir / "config.json").read_text()) != settings(config.to_json()):

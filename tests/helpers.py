@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,17 @@ def run_cli(*args, cwd=None, timeout=600, env=None, unset=()):
 def error_lines(result):
     """The lines of stderr this program wrote (TensorFlow's own start-up lines left out)."""
     return [line for line in result.stderr.splitlines() if line.startswith("siamese-keras:")]
+
+
+def run_main(capsys, *args) -> tuple[int, list[str]]:
+    """The command line's ``main(args)`` in this process (no 5 s TensorFlow start-up per
+    call): its exit code and the lines it wrote to stderr. Its signal handlers are undone."""
+    from keras_siamese.cli.main import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return code, capsys.readouterr().err.splitlines()
