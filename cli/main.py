@@ -349,9 +349,21 @@ def diagram(out):
     click.echo(f"diagrams: {', '.join(str(p) for p in paths)}")
 
 
-def _stop_on_sigterm(signum, frame):
-    """SIGTERM (``kill``, a scheduler's stop) ends a run the way Ctrl-C does."""
-    raise KeyboardInterrupt
+_interrupts = 0
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C and SIGTERM (``kill``, a scheduler's stop) end a run the same way: the first
+    raises KeyboardInterrupt, so the run removes or keeps its folders and says which; a
+    second while that clean-up runs is ignored (raised inside the clean-up it would leave
+    a half-removed run and a traceback); a third ends the process at once."""
+    global _interrupts
+    _interrupts += 1
+    if _interrupts == 1:
+        raise KeyboardInterrupt
+    if _interrupts >= 3:
+        click.echo(f"{PROG}: interrupted again: stopping without cleaning up", err=True)
+        os._exit(130)
 
 
 def describe_os_error(error: OSError) -> str:
@@ -370,8 +382,8 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to: ..."
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored in background jobs
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as help_shown:

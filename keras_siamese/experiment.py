@@ -213,13 +213,13 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
         try:
             result = _train(work, strategy, resume, record=config)
         except BaseException as error:
-            created = work.run_dir.exists()
+            created = not resume and work.run_dir.exists()
             kept = resume or (not replacing and
                               checkpoint.last_checkpoint(config.run_dir) is not None)
             if created and not kept:  # nothing resumable: remove what this run made
                 for folder in (work.run_dir, work.tensorboard_dir):
                     shutil.rmtree(folder.parent if replacing else folder, ignore_errors=True)
-            raise _explained(error, config, replacing, kept, created or resume) from None
+            raise _explained(error, config, replacing, kept, created) from None
         if replacing:
             _swap_into_place(work, config)
             result = dataclasses.replace(result, run_dir=config.run_dir,
@@ -258,26 +258,29 @@ def _remove_leftovers(config: TrainConfig) -> None:
     for folder in (config.run_dir, config.tensorboard_dir):
         if folder.is_dir():
             for path in sorted(folder.rglob(".*.tmp-*"), reverse=True):
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
         for pattern in (f".{config.name}.new-*", f".{config.name}.replaced-*"):
             for path in folder.parent.glob(pattern):
                 shutil.rmtree(path, ignore_errors=True)
 
 
 def _explained(error: BaseException, config: TrainConfig, replacing: bool, kept: bool,
-               started: bool) -> BaseException:
-    """The error a failed run reports, with what became of its folders once it had
-    ``started`` writing them."""
+               created: bool) -> BaseException:
+    """The error a failed run reports, with what became of the folders it ``created`` (a
+    resumed run creates none: its errors stand as they are, but for an interrupt's)."""
     if isinstance(error, OSError):  # a full disk, most often, while writing a record
         error = OutputError(f"cannot write {error.filename or 'the run'}: "
                             f"{error.strerror or error}")
     found = checkpoint.last_checkpoint(config.run_dir) if kept else None
     if replacing:
         outcome = f"the new run was discarded and {config.run_dir} is unchanged"
-    elif found:
+    elif found and created:
         outcome = (f"epochs up to {found[0]} are kept; continue with: siamese-keras train "
                    f"--resume {config.run_dir}")
-    elif started:
+    elif created:
         outcome = "no epoch had finished, so nothing was kept"
     else:
         outcome = ""

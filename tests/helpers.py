@@ -1,5 +1,6 @@
 """Running the installed ``siamese-keras`` console script the way a user does."""
 
+import hashlib
 import os
 import shutil
 import signal
@@ -36,3 +37,26 @@ def run_main(capsys, *args) -> tuple[int, list[str]]:
         for number, handler in handlers.items():
             signal.signal(number, handler)
     return code, capsys.readouterr().err.splitlines()
+
+
+def file_hashes(*roots) -> dict:
+    """sha256 of every file under ``roots`` (or of the files given, hidden ones too), by
+    path: equal before and after a command means it changed nothing there."""
+    found = {}
+    for root in map(Path, roots):
+        for path in ([root] if root.is_file() else sorted(root.rglob("*"))):
+            if path.is_file():
+                found[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def assert_refused(result, code: int, *words) -> str:
+    """Exit ``code``, one error line holding ``words``, no traceback; returns the line."""
+    lines = error_lines(result)
+    assert result.returncode == code, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith("siamese-keras: error: ")
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]

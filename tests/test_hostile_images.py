@@ -7,7 +7,6 @@ Every refusal is checked as a user meets it: the real CLI, its exit code, exactl
 ``siamese-keras: error:`` line with the expected words, no traceback, and every file that
 was there before byte-for-byte unchanged."""
 
-import hashlib
 import io
 import json
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CLI, error_lines, run_cli
+from helpers import CLI, assert_refused, file_hashes, run_cli
 from keras_siamese import data, image_folders
 from keras_siamese.errors import DataError
 
@@ -92,28 +91,6 @@ def class_folders(root: Path, sizes: dict, side: int = 28) -> Path:
     return root
 
 
-def hashes(*roots) -> dict:
-    """sha256 of every file under ``roots`` (or of the files given), by path."""
-    found = {}
-    for root in map(Path, roots):
-        for path in ([root] if root.is_file() else sorted(root.rglob("*"))):
-            if path.is_file():
-                found[path] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-def assert_refused(result, code: int, *words):
-    """Exit ``code``, one error line holding ``words``, no traceback; returns the line."""
-    lines = error_lines(result)
-    assert result.returncode == code, result.stderr[-3000:]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert lines[0].startswith("siamese-keras: error: ")
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
-
 def train(root: Path, dataset: Path, *options):
     return run_cli("train", "--dataset", dataset, "--output-dir", root / "out", "--log-dir",
                    root / "logs", *options)
@@ -135,11 +112,11 @@ def names_data(tmp_path_factory) -> Path:
 def names_run(names_data, tmp_path_factory):
     """(run folder, log folder, stdout, hashes of the dataset before) of one epoch."""
     root = tmp_path_factory.mktemp("names_run")
-    before = hashes(names_data)
+    before = file_hashes(names_data)
     result = train(root, names_data, "--epochs", "1", "--frame-images", "30")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert hashes(names_data) == before
+    assert file_hashes(names_data) == before
     return root / "out" / "contrastive_shop", root / "logs" / "contrastive_shop", result.stdout
 
 
@@ -163,7 +140,7 @@ def test_names_that_are_not_utf8_train_and_show_escaped(names_run, names_data):
 
 def test_a_run_on_names_that_are_not_utf8_resumes(names_data, tmp_path):
     """Ctrl-C after the first epoch, then --resume finishes the run."""
-    before = hashes(names_data)
+    before = file_hashes(names_data)
     command = [CLI, "train", "--dataset", names_data, "--epochs", "8", "--frame-images", "30",
                "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs"]
     process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL,
@@ -189,7 +166,7 @@ def test_a_run_on_names_that_are_not_utf8_resumes(names_data, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["test_images"] == 6
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 8  # a header and every epoch once
-    assert hashes(names_data) == before
+    assert file_hashes(names_data) == before
 
 
 # --- faithful pixels: read_image on its own ---------------------------------------------
@@ -298,31 +275,31 @@ def test_decompression_bomb_in_a_class_folder_is_named_with_its_size(tmp_path):
     dataset = class_folders(tmp_path / "photos", {"a": 5, "b": 5})
     (dataset / "b" / "huge.png").write_bytes(bomb_png())
     assert (dataset / "b" / "huge.png").stat().st_size < 100_000
-    before = hashes(dataset)
+    before = file_hashes(dataset)
     result = train(tmp_path, dataset, "--epochs", "1")
     assert_refused(result, 1, f"{dataset / 'b' / 'huge.png'}: 20,000 x 20,000 pixels",
                    "decompression bombs", "shrink the image")
-    assert hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
+    assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
 
 
 def test_a_32_bit_tiff_named_png_in_a_class_folder_is_refused(tmp_path):
     dataset = class_folders(tmp_path / "photos", {"a": 5, "b": 5})
     tiff_as_png(dataset / "a" / "scan.png", np.full((28, 28), 70000, np.int32))
-    before = hashes(dataset)
+    before = file_hashes(dataset)
     result = train(tmp_path, dataset, "--epochs", "1")
     assert_refused(result, 1, f"{dataset / 'a' / 'scan.png'}: TIFF of mode I",
                    "no known 0..255 scale", "8- or 16-bit PNG")
-    assert hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
+    assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
 
 
 def test_a_png_broken_inside_its_data_is_named(tmp_path):
     dataset = class_folders(tmp_path / "photos", {"a": 5, "b": 5})
     (dataset / "b" / "cut.png").write_bytes(broken_chunk_png())  # Pillow: SyntaxError
-    before = hashes(dataset)
+    before = file_hashes(dataset)
     result = train(tmp_path, dataset, "--epochs", "1")
     assert_refused(result, 1, f"{dataset / 'b' / 'cut.png'}: cannot read this image",
                    "broken PNG file")
-    assert hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
+    assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
 
 
 @pytest.mark.parametrize("sizes,named", [
@@ -334,11 +311,11 @@ def test_a_class_too_small_to_train_is_named_by_its_folder(tmp_path, sizes, name
     four in all. The error names the folder, not a class number."""
     dataset = class_folders(tmp_path / "photos", sizes)
     small = image_folders.display_name(min(sizes, key=sizes.get))
-    before = hashes(dataset)
+    before = file_hashes(dataset)
     result = train(tmp_path, dataset, "--epochs", "1")
     assert_refused(result, 1, named, "each class needs at least 4 (2 to train on, 2 to test on)",
                    f"add images to {dataset / small}")
-    assert hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
+    assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
 
 
 def test_four_images_are_enough_for_a_class(tmp_path):
@@ -378,20 +355,20 @@ def test_embed_reads_16_bit_and_palette_images_as_their_8_bit_pixels(names_run, 
 
 def test_embed_refuses_a_decompression_bomb(names_run, tmp_path):
     (tmp_path / "huge.png").write_bytes(bomb_png())
-    before = hashes(tmp_path, names_run[0])
+    before = file_hashes(tmp_path, names_run[0])
     result = embed(names_run[0], tmp_path / "huge.png", "--out", tmp_path / "e.csv")
     assert_refused(result, 1, f"{tmp_path / 'huge.png'}: 20,000 x 20,000 pixels is over the "
                    "178,956,970 pixels Pillow reads")
-    assert hashes(tmp_path, names_run[0]) == before and not (tmp_path / "e.csv").exists()
+    assert file_hashes(tmp_path, names_run[0]) == before and not (tmp_path / "e.csv").exists()
 
 
 def test_embed_refuses_a_float_image(names_run, tmp_path):
     tiff_as_png(tmp_path / "depth.png", np.linspace(0, 1, 28 * 28, dtype=np.float32)
                 .reshape(28, 28))
-    before = hashes(tmp_path)
+    before = file_hashes(tmp_path)
     result = embed(names_run[0], tmp_path / "depth.png", "--out", tmp_path / "e.csv")
     assert_refused(result, 1, f"{tmp_path / 'depth.png'}: TIFF of mode F (32-bit float pixels)")
-    assert hashes(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 @pytest.mark.parametrize("name,array,words", [
@@ -407,22 +384,22 @@ def test_embed_refuses_a_float_image(names_run, tmp_path):
 def test_embed_refuses_arrays_that_are_not_pixels_0_to_255(names_run, tmp_path, name, array,
                                                            words):
     np.save(tmp_path / name, array)
-    before = hashes(tmp_path, names_run[0])
+    before = file_hashes(tmp_path, names_run[0])
     result = embed(names_run[0], tmp_path / name, "--out", tmp_path / "e.csv")
     assert_refused(result, 1, f"{tmp_path / name}: {words}")
-    assert hashes(tmp_path, names_run[0]) == before and not (tmp_path / "e.csv").exists()
+    assert file_hashes(tmp_path, names_run[0]) == before and not (tmp_path / "e.csv").exists()
 
 
 def test_embed_refuses_an_npz_or_empty_file_named_npy(names_run, tmp_path):
     np.savez(tmp_path / "archive", images=np.zeros((1, 28, 28), np.uint8))
     (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
     (tmp_path / "empty.npy").write_bytes(b"")
-    before = hashes(tmp_path)
+    before = file_hashes(tmp_path)
     for name, words in [("archive.npy", "a .npz archive, not a .npy array"),
                         ("empty.npy", "cannot read this .npy file")]:
         result = embed(names_run[0], tmp_path / name, "--out", tmp_path / "e.csv")
         assert_refused(result, 1, f"{tmp_path / name}: {words}")
-    assert hashes(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def _inputs(tmp_path) -> Path:
@@ -451,19 +428,19 @@ def test_embed_refuses_an_output_that_is_one_of_its_inputs(names_run, tmp_path, 
     (tmp_path / "e.npy.names.txt").write_text("earlier names\n")
     if arrange:
         arrange(tmp_path)
-    before = hashes(tmp_path)
+    before = file_hashes(tmp_path)
     result = embed(names_run[0], *[tmp_path / i for i in inputs], "--out", tmp_path / out)
     assert_refused(result, 2, words.format(t=tmp_path), "choose another output file")
-    assert hashes(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_embed_checks_its_output_before_loading_the_model(tmp_path):
     """The same refusal with a MODEL that is no model: the output was checked first."""
     _inputs(tmp_path)
-    before = hashes(tmp_path)
+    before = file_hashes(tmp_path)
     result = embed(tmp_path, tmp_path / "in" / "batch.npy", "--out", tmp_path / "in/batch.npy")
     assert_refused(result, 2, "is the input")
-    assert hashes(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_check_output_sees_hard_links_and_lets_new_files_pass(tmp_path):

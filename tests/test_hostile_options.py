@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from helpers import run_cli, run_main
+from helpers import file_hashes, run_cli, run_main
 
 CASES = [
     (["--seed", "4294967296"], "seed must be between 0 and 4294967295"),
@@ -42,12 +42,6 @@ CASES = [
 ]
 
 
-def tree_digest(folder) -> dict:
-    """Every file below ``folder`` with the md5 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture
 def user_folder(tmp_path):
     """An output folder that already holds a user's file."""
@@ -60,12 +54,12 @@ def user_folder(tmp_path):
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
 def test_bad_value_is_one_line_and_changes_nothing(tmp_path, user_folder, capsys, args,
                                                    message):
-    before = tree_digest(tmp_path)
+    before = file_hashes(tmp_path)
     code, lines = run_main(capsys, "train", "--output-dir", user_folder, "--log-dir",
                            tmp_path / "logs", *args)
     assert code == 2, lines
     assert len(lines) == 1 and message in lines[0], lines
-    assert tree_digest(tmp_path) == before
+    assert file_hashes(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no logs/ made
 
 
@@ -76,7 +70,8 @@ def test_overlapping_output_and_log_folders(tmp_path, user_folder, capsys):
         assert code == 2
         (line,) = lines
         assert "overlap: give --output-dir and --log-dir that are apart" in line
-    assert tree_digest(tmp_path) == {"out/notes.txt": hashlib.md5(b"my notes").hexdigest()}
+    assert file_hashes(tmp_path) == {user_folder / "notes.txt":
+                                     hashlib.sha256(b"my notes").hexdigest()}
 
 
 def test_stderr_holds_only_our_lines():

@@ -2,7 +2,6 @@
 console script: every case ends with one clear line and the right exit code, and nothing
 that was on disk before is lost or changed (checked file by file, by md5)."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,29 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CLI, error_lines, run_cli, run_main
+from helpers import CLI, assert_refused, file_hashes, run_cli, run_main
 from keras_siamese.checkpoint import HOLD_AFTER_EPOCH
 from keras_siamese.run_lock import lock_path
 
 QUICK = ["--limit", "600", "--epochs", "1", "--frame-images", "100"]
-
-
-def tree_digest(folder) -> dict:
-    """Every file below ``folder`` (hidden ones too) with the md5 of its bytes."""
-    folder = Path(folder)
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error(result, code: int, *words: str) -> str:
-    """The single error line of ``result``, after checking its exit code and words."""
-    assert result.returncode == code, result.stderr[-3000:]
-    lines = error_lines(result)
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -65,27 +46,27 @@ def test_export_refuses_a_folder_of_documents(finished, tmp_path):
     docs = tmp_path / "documents"
     docs.mkdir()
     (docs / "thesis.txt").write_text("years of work")
-    before = tree_digest(tmp_path)
-    one_error(run_cli("export", finished, "--out", docs), 2,
-              "holds other files (not an earlier export of this run)", "--overwrite")
-    assert tree_digest(tmp_path) == before
+    before = file_hashes(tmp_path)
+    assert_refused(run_cli("export", finished, "--out", docs), 2,
+                   "holds other files (not an earlier export of this run)", "--overwrite")
+    assert file_hashes(tmp_path) == before
 
 
 @pytest.mark.parametrize("where", ["run", "output root", "its parent"])
 def test_export_never_replaces_the_run_or_a_folder_holding_it(run_copy, where):
     target = {"run": run_copy, "output root": run_copy.parent,
               "its parent": run_copy.parent.parent}[where]
-    before = tree_digest(run_copy.parent)
+    before = file_hashes(run_copy.parent)
     for extra in ([], ["--overwrite"]):
-        one_error(run_cli("export", run_copy, "--out", target, *extra), 2,
-                  "would replace the run folder")
-    assert tree_digest(run_copy.parent) == before
+        assert_refused(run_cli("export", run_copy, "--out", target, *extra), 2,
+                       "would replace the run folder")
+    assert file_hashes(run_copy.parent) == before
 
 
 def test_export_refuses_a_file(finished, tmp_path):
     target = tmp_path / "model.bin"
     target.write_bytes(b"not a folder")
-    one_error(run_cli("export", finished, "--out", target), 2, "is a file, not a folder")
+    assert_refused(run_cli("export", finished, "--out", target), 2, "is a file, not a folder")
     assert target.read_bytes() == b"not a folder"
 
 
@@ -122,7 +103,7 @@ def test_damaged_model_file_is_one_line(run_copy, tmp_path, capsys, damage, word
         for i in range(len(raw) // 3, len(raw) // 3 + 64):
             raw[i] ^= 0xFF
     model.write_bytes(bytes(raw))
-    before = tree_digest(run_copy)
+    before = file_hashes(run_copy)
     args = {"evaluate": ["evaluate", run_copy], "export": ["export", run_copy],
             "embed": ["embed", run_copy, tmp_path / "x.npy", "--out", tmp_path / "e.csv"]}
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
@@ -130,7 +111,7 @@ def test_damaged_model_file_is_one_line(run_copy, tmp_path, capsys, damage, word
     assert code == 1 and len(lines) == 1, lines
     assert f"cannot load {model}" in lines[0] and words in lines[0], lines
     assert "File not found" not in lines[0]
-    assert tree_digest(run_copy) == before
+    assert file_hashes(run_copy) == before
 
 
 @pytest.mark.parametrize("content,words", [
@@ -143,12 +124,12 @@ def test_damaged_model_file_is_one_line(run_copy, tmp_path, capsys, damage, word
 @pytest.mark.parametrize("command", ["evaluate", "resume"])
 def test_malformed_config_json_is_one_line(run_copy, capsys, content, words, command):
     (run_copy / "config.json").write_text(content)
-    before = tree_digest(run_copy)
+    before = file_hashes(run_copy)
     args = ["evaluate", run_copy] if command == "evaluate" else ["train", "--resume", run_copy]
     code, lines = run_main(capsys, *args)
     assert code == 1 and len(lines) == 1, lines
     assert str(run_copy / "config.json") in lines[0] and words in lines[0], lines
-    assert tree_digest(run_copy) == before
+    assert file_hashes(run_copy) == before
 
 
 # --- train --overwrite replaces a run only with a finished one ---------------------------
@@ -157,11 +138,12 @@ def test_failed_overwrite_leaves_the_earlier_run_as_it_was(finished, tmp_path):
     out, logs = tmp_path / "out", tmp_path / "logs"
     shutil.copytree(finished, out / finished.name)
     shutil.copytree(finished.parents[1] / "logs" / finished.name, logs / finished.name)
-    before = tree_digest(tmp_path)
-    one_error(run_cli("train", *QUICK, "--output-dir", out, "--log-dir", logs, "--overwrite",
-                      "--lr", "1e30"), 1, "training loss became nan",
-              f"the new run was discarded and {out / finished.name} is unchanged")
-    assert tree_digest(tmp_path) == before  # no hidden staging folder left either
+    before = file_hashes(tmp_path)
+    failed = run_cli("train", *QUICK, "--output-dir", out, "--log-dir", logs, "--overwrite",
+                     "--lr", "1e30")
+    assert_refused(failed, 1, "training loss became nan",
+                   f"the new run was discarded and {out / finished.name} is unchanged")
+    assert file_hashes(tmp_path) == before  # no hidden staging folder left either
 
     result = run_cli("train", *QUICK, "--output-dir", out, "--log-dir", logs, "--overwrite",
                      "--seed", "5")
@@ -173,8 +155,8 @@ def test_failed_overwrite_leaves_the_earlier_run_as_it_was(finished, tmp_path):
 
 def test_a_new_run_that_fails_leaves_no_stub(tmp_path):
     args = ["train", *QUICK, "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs"]
-    one_error(run_cli(*args, "--lr", "1e30"), 1, "training loss became nan at epoch 1",
-              "no epoch had finished, so nothing was kept")
+    assert_refused(run_cli(*args, "--lr", "1e30"), 1, "training loss became nan at epoch 1",
+                   "no epoch had finished, so nothing was kept")
     assert not (tmp_path / "out" / "contrastive_mnist").exists()
     assert not (tmp_path / "logs" / "contrastive_mnist").exists()
 
@@ -203,14 +185,14 @@ def test_a_run_in_training_is_locked_and_sigterm_keeps_its_epochs(tmp_path):
     try:
         holder = json.loads(lock_path(run).read_text())
         assert holder["pid"] == process.pid
-        before = tree_digest(run)
+        before = file_hashes(run)
         out, logs = tmp_path / "out", tmp_path / "logs"
         for args in (["train", "--limit", "600", "--output-dir", out, "--log-dir", logs,
                       "--overwrite"],
                      ["train", "--resume", run], ["evaluate", run], ["export", run]):
-            one_error(run_cli(*args), 1, f"{run} is in use", f"process {process.pid}",
-                      "wait for it to finish or stop it")
-        assert tree_digest(run) == before
+            assert_refused(run_cli(*args), 1, f"{run} is in use", f"process {process.pid}",
+                           "wait for it to finish or stop it")
+        assert file_hashes(run) == before
 
         process.send_signal(signal.SIGTERM)  # as a scheduler or `kill` stops a job
         _, stderr = process.communicate(timeout=300)
@@ -245,14 +227,15 @@ def test_a_stale_lock_is_taken_over_and_a_garbled_one_refused(run_copy):
     assert "removed the stale lock" in result.stderr and not lock.exists()
 
     lock.write_text("\x00\x01 garbage")
-    before = tree_digest(run_copy.parent)
-    one_error(run_cli("evaluate", run_copy), 1, "which cannot be read",
-              "if no siamese-keras command is working on this run, delete that file")
-    assert tree_digest(run_copy.parent) == before
+    before = file_hashes(run_copy.parent)
+    assert_refused(run_cli("evaluate", run_copy), 1, "which cannot be read",
+                   "if no siamese-keras command is working on this run, delete that file")
+    assert file_hashes(run_copy.parent) == before
 
 
 def test_ctrl_c_while_loading_is_one_quiet_line_and_leaves_nothing(tmp_path):
-    """SIGINT as soon as the data is loaded (the run says so on stderr)."""
+    """SIGINT as soon as the data is loaded (the run says so on stderr), and SIGTERM right
+    behind it (a scheduler stopping the job too): the second lands in the clean-up."""
     command = [CLI, "train", "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs"]
     process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
@@ -263,6 +246,7 @@ def test_ctrl_c_while_loading_is_one_quiet_line_and_leaves_nothing(tmp_path):
             seen.append(line)
             if line.startswith("loaded mnist"):
                 process.send_signal(signal.SIGINT)
+                process.send_signal(signal.SIGTERM)
                 break
         rest = process.stderr.read()
         process.wait(timeout=300)
@@ -284,10 +268,10 @@ def test_resume_refuses_data_that_changed(tmp_path):
     config = json.loads((run / "config.json").read_text())
     config["data_fingerprint"]["sha256"] = "0" * 64  # as if the data had been edited since
     (run / "config.json").write_text(json.dumps(config))
-    before = tree_digest(run)
-    one_error(run_cli("train", "--resume", run), 1, "has changed since it was trained",
-              "restore the data or train a new run")
-    assert tree_digest(run) == before
+    before = file_hashes(run)
+    assert_refused(run_cli("train", "--resume", run), 1, "has changed since it was trained",
+                   "restore the data or train a new run")
+    assert file_hashes(run) == before
 
 
 # --- data that changed after training ------------------------------------------------------
@@ -305,17 +289,18 @@ def test_evaluate_refuses_a_folder_that_changed_and_never_overwrites_metrics(tmp
     assert run_cli("evaluate", run).returncode == 0  # unchanged data: scored again
 
     Image.fromarray(mnist.x_test[0, ..., 0]).save(root / "d7" / "new.png")
-    before = tree_digest(run)
-    one_error(run_cli("evaluate", run), 1, "has changed since it was trained",
-              "(30 training / 6 test images then, 30 training / 7 test now)",
-              "pass --changed-data")
-    assert tree_digest(run) == before
+    before = file_hashes(run)
+    assert_refused(run_cli("evaluate", run), 1, "has changed since it was trained",
+                   "(30 training / 6 test images then, 30 training / 7 test now)",
+                   "pass --changed-data")
+    assert file_hashes(run) == before
 
     result = run_cli("evaluate", run, "--changed-data")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "metrics_changed_data.json").is_file()
-    assert {k: v for k, v in tree_digest(run).items() if k != "metrics_changed_data.json"} \
-        == before
+    after = file_hashes(run)
+    after.pop(run / "metrics_changed_data.json")
+    assert after == before
 
 
 # --- full disks ------------------------------------------------------------------------------
@@ -342,25 +327,27 @@ def small_disk(tmp_path):
 
 def test_full_disk_while_checkpointing(tmp_path, small_disk):
     disk = small_disk(3000)
-    one_error(run_cli("train", *QUICK, "--output-dir", disk / "out", "--log-dir",
-                      tmp_path / "logs"), 1, "cannot write the checkpoint",
-              "No space left on device", "nothing was kept")
+    result = run_cli("train", *QUICK, "--output-dir", disk / "out", "--log-dir",
+                     tmp_path / "logs")
+    assert_refused(result, 1, "cannot write the checkpoint",
+                   "No space left on device", "nothing was kept")
     assert list((disk / "out").iterdir()) == []
 
 
 def test_full_disk_for_the_tensorboard_logs(tmp_path, small_disk):
     disk = small_disk(60)
-    one_error(run_cli("train", *QUICK, "--output-dir", tmp_path / "out", "--log-dir",
-                      disk / "logs"), 1, "No space left on device")
+    result = run_cli("train", *QUICK, "--output-dir", tmp_path / "out", "--log-dir",
+                     disk / "logs")
+    assert_refused(result, 1, "No space left on device")
     assert not (tmp_path / "out" / "contrastive_mnist").exists()
 
 
 def test_full_disk_while_exporting(finished, small_disk):
     disk = small_disk(500)
-    before = tree_digest(finished)
-    one_error(run_cli("export", finished, "--out", disk / "model"), 1,
-              f"cannot write the SavedModel to {disk / 'model'}")
-    assert list(disk.iterdir()) == [] and tree_digest(finished) == before
+    before = file_hashes(finished)
+    assert_refused(run_cli("export", finished, "--out", disk / "model"), 1,
+                   f"cannot write the SavedModel to {disk / 'model'}")
+    assert list(disk.iterdir()) == [] and file_hashes(finished) == before
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -372,8 +359,9 @@ def test_full_disk_while_exporting(finished, small_disk):
                                 "lower --image-size or --limit"]),
 ])
 def test_a_run_too_large_for_memory_is_refused_up_front(tmp_path, args, words):
-    one_error(run_cli("train", *args, "--output-dir", tmp_path / "out", "--log-dir",
-                      tmp_path / "logs"), 1, "GiB are available", *words)
+    result = run_cli("train", *args, "--output-dir", tmp_path / "out", "--log-dir",
+                     tmp_path / "logs")
+    assert_refused(result, 1, "GiB are available", *words)
     assert not (tmp_path / "out" / "contrastive_mnist").exists()
 
 
