@@ -362,10 +362,12 @@ def _train(config: TrainConfig, strategy, resume: bool, chief: bool = True,
             validation_data=validation, shuffle=False,  # streams shuffle themselves
             callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
         )
-    except tf.errors.ResourceExhaustedError as error:
-        if "space left" in error.message:  # TensorBoard's event writer on a full disk
+    except tf.errors.OpError as error:
+        if "space left" in error.message:  # TensorBoard's writers on a full disk
             raise OutputError(f"cannot write the TensorBoard logs in {log_dir}: No space "
                               "left on device") from None
+        if not isinstance(error, tf.errors.ResourceExhaustedError):
+            raise
         height, width, _ = x_train.shape[1:]
         raise OutOfMemoryError(f"out of memory training {config.training_batch_size} "
                                f"examples of {height}x{width} images per step: lower "

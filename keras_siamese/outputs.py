@@ -23,6 +23,8 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:  # name the file the user knows, not its temporary name
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

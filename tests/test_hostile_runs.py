@@ -261,10 +261,21 @@ def test_ctrl_c_while_loading_is_one_quiet_line_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "out" / "contrastive_mnist").exists()
 
 
-def test_resume_refuses_data_that_changed(tmp_path):
+def test_resume_refuses_data_that_changed_and_a_damaged_checkpoint(tmp_path):
     process, run = start_held_run(tmp_path)
     process.kill()
     process.wait()
+    checkpoint = run / "checkpoints" / "epoch_001.keras"
+    intact = checkpoint.read_bytes()
+    flipped = bytearray(intact)
+    for i in range(len(flipped) // 2, len(flipped) // 2 + 64):
+        flipped[i] ^= 0xFF
+    checkpoint.write_bytes(bytes(flipped))
+    assert_refused(run_cli("train", "--resume", run), 1, f"cannot load {checkpoint}",
+                   "train again with --overwrite")
+    assert checkpoint.read_bytes() == bytes(flipped)
+    checkpoint.write_bytes(intact)
+
     config = json.loads((run / "config.json").read_text())
     config["data_fingerprint"]["sha256"] = "0" * 64  # as if the data had been edited since
     (run / "config.json").write_text(json.dumps(config))
@@ -339,6 +350,15 @@ def test_full_disk_for_the_tensorboard_logs(tmp_path, small_disk):
     result = run_cli("train", *QUICK, "--output-dir", tmp_path / "out", "--log-dir",
                      disk / "logs")
     assert_refused(result, 1, "No space left on device")
+    assert not (tmp_path / "out" / "contrastive_mnist").exists()
+
+
+def test_full_disk_for_the_projector(tmp_path, small_disk):
+    """Room for the scalars, not for the projector's sprite of 2,000 images."""
+    disk = small_disk(300)
+    result = run_cli("train", "--limit", "600", "--epochs", "1", "--output-dir",
+                     tmp_path / "out", "--log-dir", disk / "logs")
+    assert_refused(result, 1, "No space left on device", "nothing was kept")
     assert not (tmp_path / "out" / "contrastive_mnist").exists()
 
 
