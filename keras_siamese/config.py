@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from keras_siamese.errors import ConfigError, DataError
+from keras_siamese.outputs import is_inside
 
 LOSSES = ("softmax", "contrastive", "bce", "triplet", "vae")
 DATASETS = ("mnist", "fashion_mnist")  # built in; also tfds:NAME or a class-folder path
@@ -132,8 +133,8 @@ class TrainConfig:
         if len(os.fsencode(self.name)) > MAX_NAME_BYTES:
             raise ConfigError(f"run name {self.name[:40]!r}... is {len(os.fsencode(self.name))} "
                               f"bytes long: give a --run-name of at most {MAX_NAME_BYTES}")
-        if _inside(self.run_dir, self.tensorboard_dir) or _inside(self.tensorboard_dir,
-                                                                   self.run_dir):
+        if is_inside(self.run_dir, self.tensorboard_dir) or is_inside(self.tensorboard_dir,
+                                                                      self.run_dir):
             raise ConfigError(f"the run folder {self.run_dir} and its TensorBoard folder "
                               f"{self.tensorboard_dir} overlap: give --output-dir and "
                               "--log-dir that are apart")
@@ -231,12 +232,6 @@ def _has_type(value, annotation: str) -> bool:
         if isinstance(value, kinds) and (part == "bool" or not isinstance(value, bool)):
             return True
     return False
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies inside it (compared as absolute paths)."""
-    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
-    return path == folder or folder in path.parents
 
 
 def _require_positive(what: str, value) -> None:

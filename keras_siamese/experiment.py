@@ -40,7 +40,7 @@ from keras_siamese.evaluation import Split
 from keras_siamese.losses import (BernoulliReconstructionLoss, ContrastiveLoss, GaussianKLLoss,
                                   OnlineContrastiveLoss, OnlineTripletLoss, TripletLoss)
 from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
-                                   write_json, write_text)
+                                   replace_folder, write_json, write_text)
 from keras_siamese.plots import manifold_image, reconstruction_strip, scatter_embeddings
 from keras_siamese.run_lock import RunLock
 
@@ -235,19 +235,15 @@ def _staging(config: TrainConfig) -> TrainConfig:
 
 
 def _swap_into_place(work: TrainConfig, config: TrainConfig) -> None:
-    """Move the finished new run's folders to the earlier run's places, then delete the
-    earlier run; each ``os.replace`` is atomic, so a crash leaves one run or the other."""
+    """Move the finished new run's folders to the earlier run's places (see
+    :func:`outputs.replace_folder`)."""
     for new, target in ((work.run_dir, config.run_dir),
                         (work.tensorboard_dir, config.tensorboard_dir)):
-        old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
         try:
-            if target.exists():
-                os.replace(target, old)
-            os.replace(new, target)
+            replace_folder(new, target)
         except OSError as error:
             raise OutputError(f"cannot move the new run into {target}: "
                               f"{error.strerror or error}; it is in {new}") from None
-        shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(new.parent, ignore_errors=True)
 
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras_siamese import models
 from keras_siamese.errors import ConfigError, OutputError
 from keras_siamese.evaluation import load_run_model
+from keras_siamese.outputs import is_inside, replace_folder
 from keras_siamese.run_lock import RunLock
 
 SAVED_MODEL = "saved_model"  # the export's folder name inside a run folder
@@ -97,22 +98,17 @@ def export_saved_model(model: keras.Model, path, origin=None) -> Path:
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         archive.write_out(str(tmp), verbose=False)
         (tmp / ORIGIN).parent.mkdir(exist_ok=True)
         (tmp / ORIGIN).write_text(json.dumps({"run": origin}) + "\n")
-        # Swap: the new export takes the name at once, the old one is deleted after.
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
+        replace_folder(tmp, path)
     except (OSError, tf.errors.OpError) as error:  # TensorFlow reports a full disk its way
         message = getattr(error, "strerror", None) or getattr(error, "message", None) or error
         raise OutputError(f"cannot write the SavedModel to {path}: {message}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -129,7 +125,7 @@ def check_export_target(run_dir, out, overwrite: bool) -> Path:
     the run folder or a folder holding it; an existing non-empty folder only when it is an
     earlier export of this run, or with ``overwrite``."""
     run_dir, out = Path(run_dir).absolute(), Path(out).absolute()
-    if out == run_dir or out in run_dir.parents:
+    if is_inside(run_dir, out):
         raise ConfigError(f"--out {out} would replace the run folder {run_dir} (or a folder "
                           "that holds it): choose another folder")
     if out.is_file() or out.is_symlink():

@@ -32,6 +32,24 @@ def atomic_path(path):
             tmp.unlink(missing_ok=True)
 
 
+def replace_folder(new, target) -> None:
+    """Put the finished folder ``new`` at ``target``, replacing what is there: the old folder
+    moves aside, ``new`` takes its name (each ``os.replace`` is atomic, so a crash leaves
+    one complete folder or the other under ``target``), then the old one is deleted."""
+    new, target = Path(new), Path(target)
+    old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def is_inside(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (compared as absolute paths)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -271,34 +271,30 @@ def test_a_class_folder_of_16_bit_images_loads_scaled(tmp_path):
 
 # --- the CLI: training folders -------------------------------------------------------------
 
-def test_decompression_bomb_in_a_class_folder_is_named_with_its_size(tmp_path):
+def _bomb(path):
+    path.write_bytes(bomb_png())
+    assert path.stat().st_size < 100_000  # huge in pixels, small on disk
+
+
+BAD_FILES = {  # file -> (how to write it, what the one line says)
+    "b/huge.png": (_bomb, [": 20,000 x 20,000 pixels", "decompression bombs",
+                           "shrink the image"]),
+    "a/scan.png": (lambda path: tiff_as_png(path, np.full((28, 28), 70000, np.int32)),
+                   [": TIFF of mode I", "no known 0..255 scale", "8- or 16-bit PNG"]),
+    "b/cut.png": (lambda path: path.write_bytes(broken_chunk_png()),  # Pillow: SyntaxError
+                  [": cannot read this image", "broken PNG file"]),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_a_bad_file_in_a_class_folder_is_named(tmp_path, name):
+    """A decompression bomb, a 32-bit TIFF named .png, a PNG broken inside its data."""
     dataset = class_folders(tmp_path / "photos", {"a": 5, "b": 5})
-    (dataset / "b" / "huge.png").write_bytes(bomb_png())
-    assert (dataset / "b" / "huge.png").stat().st_size < 100_000
+    write, words = BAD_FILES[name]
+    write(dataset / name)
     before = file_hashes(dataset)
     result = train(tmp_path, dataset, "--epochs", "1")
-    assert_refused(result, 1, f"{dataset / 'b' / 'huge.png'}: 20,000 x 20,000 pixels",
-                   "decompression bombs", "shrink the image")
-    assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
-
-
-def test_a_32_bit_tiff_named_png_in_a_class_folder_is_refused(tmp_path):
-    dataset = class_folders(tmp_path / "photos", {"a": 5, "b": 5})
-    tiff_as_png(dataset / "a" / "scan.png", np.full((28, 28), 70000, np.int32))
-    before = file_hashes(dataset)
-    result = train(tmp_path, dataset, "--epochs", "1")
-    assert_refused(result, 1, f"{dataset / 'a' / 'scan.png'}: TIFF of mode I",
-                   "no known 0..255 scale", "8- or 16-bit PNG")
-    assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
-
-
-def test_a_png_broken_inside_its_data_is_named(tmp_path):
-    dataset = class_folders(tmp_path / "photos", {"a": 5, "b": 5})
-    (dataset / "b" / "cut.png").write_bytes(broken_chunk_png())  # Pillow: SyntaxError
-    before = file_hashes(dataset)
-    result = train(tmp_path, dataset, "--epochs", "1")
-    assert_refused(result, 1, f"{dataset / 'b' / 'cut.png'}: cannot read this image",
-                   "broken PNG file")
+    assert_refused(result, 1, f"{dataset / name}{words[0]}", *words[1:])
     assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
 
 
