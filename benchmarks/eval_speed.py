@@ -43,24 +43,26 @@ def measure(dims: int, repeats: int) -> dict:
     """One dimension, in this process: timings (s) and memory (MiB)."""
     import numpy as np
 
-    from keras_siamese import metrics, streams
+    from keras_siamese import metrics, neighbours, streams
 
     rng = np.random.default_rng(dims)
     centres = 3.0 * rng.standard_normal((CLASSES, dims))
     spread = 0.5 * (dims / 2) ** 0.6  # classes overlap a little in 2-D and in 64-D alike
     train, train_labels = _clustered(rng, TRAIN, centres, spread)
     test, test_labels = _clustered(rng, TEST, centres, spread)
-    test_pairs = [np.asarray(t) for t in
-                  streams.sample_pairs(streams.class_index(test_labels), streams.EVAL_SEED, 0)]
-    train_pairs = [np.asarray(t) for t in
-                   streams.sample_pairs(streams.class_index(train_labels), streams.EVAL_SEED, 0)]
+
+    def fixed_pairs(labels):
+        pairs = streams.sample_pairs(streams.class_index(labels), streams.EVAL_SEED, 0)
+        return metrics.Pairs(*(np.asarray(t) for t in pairs))
+
+    test_pairs, train_pairs = fixed_pairs(test_labels), fixed_pairs(train_labels)
     rss_before = _rss_mib()
 
     suite, result = [], None
     for _ in range(repeats):
         started = time.perf_counter()
         result = metrics.embedding_metrics(train, train_labels, test, test_labels,
-                                           *test_pairs, train_pairs, seed=streams.EVAL_SEED)
+                                           test_pairs, train_pairs, seed=streams.EVAL_SEED)
         suite.append(time.perf_counter() - started)
 
     def timed(function, *args, **kwargs):
@@ -69,12 +71,14 @@ def measure(dims: int, repeats: int) -> dict:
         return time.perf_counter() - started
 
     parts = {
-        "nearest_neighbours_k5": timed(metrics.nearest_neighbours, test, train, 5),
+        "nearest_neighbours_k5": timed(neighbours.nearest_neighbours, test, train, 5),
         "map_at_r": timed(metrics.map_at_r, test, test_labels),
         "pairs": timed(lambda: (
-            metrics.roc_auc(metrics.pair_distances(test, *test_pairs[:2]), test_pairs[2]),
-            metrics.best_threshold(metrics.pair_distances(train, *train_pairs[:2]),
-                                   train_pairs[2]))),
+            metrics.roc_auc(metrics.pair_distances(test, test_pairs.first, test_pairs.second),
+                            test_pairs.same),
+            metrics.best_threshold(
+                metrics.pair_distances(train, train_pairs.first, train_pairs.second),
+                train_pairs.same))),
         "one_shot_5_and_10way": timed(lambda: [
             metrics.n_way_one_shot_accuracy(test, test_labels, n, 1000, 0) for n in (5, 10)]),
     }

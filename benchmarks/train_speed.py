@@ -86,20 +86,21 @@ def _setup(variant: str, data):
     import keras
     import tensorflow as tf
 
-    from keras_siamese import evaluation, experiment, models, streams
+    from keras_siamese import experiment, models, streams
     from keras_siamese.config import TrainConfig
+    from keras_siamese.splits import evaluation_sets
+    from keras_siamese.variants import VARIANTS, NetSpec
 
     keras.backend.clear_session()
-    loss, _, mining = variant.partition("-")
-    config = TrainConfig(loss=loss, mining=mining or "random")
-    sets = evaluation.evaluation_sets(data, (), None, config.seed)
+    config = TrainConfig(loss=VARIANTS[variant].loss, mining=VARIANTS[variant].mining)
+    sets = evaluation_sets(data, (), None, config.seed)
     x = sets.seen.train_images
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     batch = config.training_batch_size
     steps = streams.steps_per_epoch(len(x), batch)
-    model = experiment.compiled_model(config, x.shape[1:], float(x.mean()), float(x.std()),
-                                      data.num_classes, steps)
+    net = NetSpec(x.shape[1:], float(x.mean()), float(x.std()), data.num_classes)
+    model = experiment.compiled_model(config, net, steps)
     embedding = models.embedding_of(model)
     train, _ = experiment.training_streams(config, sets.seen, 0)
     return config, embedding, model, train, batch

@@ -6,6 +6,7 @@ exit code 2 (usage) or 1 (runtime), never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -14,8 +15,8 @@ import sys
 
 import click
 
-from keras_siamese.config import (BACKBONES, DATASETS, LOSSES, MINING, STRATEGIES, VARIANTS,
-                                  TrainConfig)
+from keras_siamese import variants
+from keras_siamese.config import DATASETS, TrainConfig
 from keras_siamese.errors import Interrupted, SiameseError
 
 PROG = "siamese-keras"
@@ -25,9 +26,9 @@ def _class_list(ctx, param, value) -> tuple[int, ...]:
     """'7,8,9' -> (7, 8, 9); '' -> ()."""
     try:
         return tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
+    except ValueError as error:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of class "
-                                 "numbers") from None
+                                 "numbers") from error
 
 
 def _dataset(ctx, param, value) -> str:
@@ -53,86 +54,46 @@ def app():
     """Siamese networks and friends: metric learning on MNIST and Fashion-MNIST."""
 
 
+_TYPES = {"int": int, "float": float, "str": str}
+# Options whose text the command line turns into the field's value.
+_CALLBACKS = {"dataset": _dataset, "holdout_classes": _class_list}
+
+
+def _setting_option(field: dataclasses.Field):
+    """The click option of one TrainConfig field: name, default, help and choices all come
+    from the field (see ``config.setting``), so they are defined once."""
+    meta, name = field.metadata, f"--{field.name.replace('_', '-')}"
+    settings = dict(help=meta["help"], callback=_CALLBACKS.get(field.name))
+    if field.type == "bool":
+        switch = meta.get("switch", False)  # --x/--no-x, else a one-way flag
+        flags = [f"{name}/--no-{field.name.replace('_', '-')}" if switch else name]
+        settings.update(default=field.default, show_default=switch)
+        if not switch:
+            settings["is_flag"] = True
+    else:
+        flags = [name, *meta.get("aliases", ())]
+        kind = _TYPES.get(field.type.split(" | ")[0], str)
+        if "choices" in meta:
+            kind = click.Choice(meta["choices"])
+        elif meta.get("path"):
+            kind = click.Path()
+        default = field.default
+        if isinstance(default, tuple):  # parsed back by its callback
+            default = ",".join(map(str, default))
+        settings.update(type=kind, default=default, metavar=meta.get("metavar"),
+                        show_default=meta.get("default_text", default not in (None, "")))
+    return click.option(*flags, field.name, **settings)
+
+
+def _train_options(command):
+    """Every TrainConfig field as an option of ``command``, in the dataclass's order."""
+    for field in reversed(dataclasses.fields(TrainConfig)):
+        command = _setting_option(field)(command)
+    return command
+
+
 @app.command()
-@click.option("--loss", type=click.Choice(LOSSES), default="contrastive", show_default=True,
-              help="softmax: classifier baseline; contrastive / bce: Siamese pairs; "
-                   "triplet: anchor-positive-negative; vae: variational autoencoder (its "
-                   "latent mean is the embedding).")
-@click.option("--dataset", callback=_dataset, default="mnist", show_default=True,
-              metavar="mnist|fashion_mnist|tfds:NAME|FOLDER",
-              help="mnist or fashion_mnist (offline from --data-dir, TFDS or the packaged "
-                   "copies); tfds:NAME, a TFDS image-classification dataset prepared on this "
-                   "machine; or FOLDER with one sub-folder of PNG/JPEG images per class.")
-@click.option("--image-size", type=int, default=None,
-              help="Read images at N x N pixels  [default: MNIST-like data keeps 28 x 28; "
-                   "other data keeps its size if all images share one up to 64 x 64, "
-                   "else 64 x 64]")
-@click.option("--test-split", type=float, default=0.2, show_default=True,
-              help="Share of each class held out for testing (fixed seed), for datasets "
-                   "without a test split of their own (class folders, some TFDS sets).")
-@click.option("--backbone", type=click.Choice(BACKBONES), default="small", show_default=True,
-              help="small: the study's 2-conv network; resnet: a small ResNet (6 residual "
-                   "blocks, batch norm) for larger colour images.")
-@click.option("--epochs", type=int, default=10, show_default=True,
-              help="Passes over the training images (one pair/triplet per image and epoch).")
-@click.option("--batch-size", type=int, default=128, show_default=True,
-              help="Pairs, triplets or images per training step.")
-@click.option("--learning-rate", "--lr", type=float, default=1e-3, show_default=True,
-              help="Adam's initial learning rate (cosine-decayed to 0 over the run).")
-@click.option("--margin", type=float, default=1.0, show_default=True,
-              help="Margin of the contrastive and triplet losses (> 0).")
-@click.option("--embedding-dim", type=int, default=2, show_default=True,
-              help="Size of the embedding; plots show a PCA projection when > 2.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of weights and training pairs; same seed, same run.")
-@click.option("--limit", type=int, default=None,
-              help="Train on a class-balanced subset of N training images (quick runs).")
-@click.option("--data-dir", type=click.Path(), default=None,
-              help="Folder with the four idx files (or a TFDS data dir) to load from.")
-@click.option("--output-dir", type=click.Path(), default="output", show_default=True,
-              help="Root of the run folders (model, plots, config, history, metrics).")
-@click.option("--log-dir", type=click.Path(), default="logs", show_default=True,
-              help="Root of the TensorBoard run folders.")
-@click.option("--run-name", default=None,
-              help="Name of the run folder  [default: <loss>_<dataset>]")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing run folder of the same name.")
-@click.option("--frames/--no-frames", default=True, show_default=True,
-              help="Plot the latent space of fixed test images before training and after "
-                   "every epoch (frames/*.png, latent.gif, latent_embeddings.npz).")
-@click.option("--frame-images", type=int, default=2000, show_default=True,
-              help="Number of fixed test images (same number per class, same in every run) "
-                   "shown by the frames and the TensorBoard projector.")
-@click.option("--gif-frame-ms", type=int, default=500, show_default=True,
-              help="Duration of one GIF frame in milliseconds (the last is held 4x).")
-@click.option("--projector/--no-projector", default=True, show_default=True,
-              help="Write TensorBoard projector data (embeddings, labels, image sprite) into "
-                   "<log-dir>/<run>/projector after the last epoch.")
-@click.option("--projector-every", type=int, default=0, show_default=True,
-              help="Also write the projector every K epochs (one entry per epoch); "
-                   "0: only after the last epoch.")
-@click.option("--holdout-classes", callback=_class_list, default="", metavar="C1,C2,...",
-              help="Leave these class numbers out of training and report the metrics on "
-                   "them separately (e.g. 7,8,9): the one-shot setting.")
-@click.option("--eval-every", type=int, default=0, show_default=True,
-              help="Also log the embedding metrics to TensorBoard every K epochs "
-                   "(they are always computed after the last one).")
-@click.option("--mining", type=click.Choice(sorted({m for ms in MINING.values() for m in ms})),
-              default="random", show_default=True,
-              help="random: the study's offline pairs/triplets. Online, on P x K batches: "
-                   "triplet: batch-all, batch-hard, semi-hard; contrastive: hard-negative.")
-@click.option("--classes-per-batch", type=int, default=8, show_default=True,
-              help="P: classes in each online-mining batch (batch size P x K).")
-@click.option("--images-per-class", type=int, default=16, show_default=True,
-              help="K: images of each class in each online-mining batch.")
-@click.option("--export/--no-export", default=True, show_default=True,
-              help="Export the embedding net as a TensorFlow SavedModel "
-                   "(<run folder>/saved_model) for serving without this package.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="default",
-              show_default=True,
-              help="tf.distribute: mirrored: this machine's GPUs (--batch-size is the global "
-                   "batch); multi-worker: one process per machine, each with its TF_CONFIG "
-                   "(see the README); only the chief writes outputs.")
+@_train_options
 @click.option("--resume", "resume_folder", type=click.Path(file_okay=False), default=None,
               metavar="RUN_FOLDER",
               help="Continue the interrupted run in RUN_FOLDER from its last finished epoch, "
@@ -151,22 +112,23 @@ def train(ctx, resume_folder, **options):
         if given:
             raise click.UsageError(f"--resume continues a run with its saved settings; drop "
                                    f"{', '.join(given)}")
-    from keras_siamese import experiment  # TensorFlow loads only when there is work to do
-    from keras_siamese.evaluation import format_table
+    from keras_siamese import experiment, latent, run_folder
+    from keras_siamese.report import format_table
 
     if resume_folder is not None:
-        config = experiment.run_config(resume_folder)
+        config = run_folder.read_config(resume_folder)[0]
     result = experiment.run(config, resume=resume_folder is not None)
     if not result.chief:
         click.echo("worker finished; the chief writes the run folder and TensorBoard logs")
         return
     click.echo(format_table(result.metrics))
-    outputs = "config.json, history.csv, model.keras, embedding.png, metrics.json"
+    outputs = [run_folder.CONFIG, run_folder.HISTORY, run_folder.MODEL,
+               run_folder.EMBEDDING_PLOT, run_folder.METRICS]
     if config.export:
-        outputs += ", saved_model/"
+        outputs.append(f"{run_folder.SAVED_MODEL}/")
     if config.frames:
-        outputs += ", latent.gif, frames/, latent_embeddings.npz"
-    click.echo(f"run folder: {result.run_dir}  ({outputs})")
+        outputs += [latent.GIF_FILE, f"{latent.FRAMES_DIR}/", latent.EMBEDDINGS_FILE]
+    click.echo(f"run folder: {result.run_dir}  ({', '.join(outputs)})")
     board = "scalars" + (", projector" if config.projector else "")
     click.echo(f"TensorBoard ({board}): tensorboard --logdir {result.log_dir.parent}")
 
@@ -188,54 +150,30 @@ def evaluate(run_folder, as_json, changed_data):
     Example: siamese-keras evaluate output/contrastive_mnist
     """
     import json
-    from pathlib import Path
 
-    from keras_siamese import evaluation
-    from keras_siamese.experiment import check_data_unchanged, load_run_data, read_run
-    from keras_siamese.data import fingerprint
-    from keras_siamese.outputs import write_json
-    from keras_siamese.run_lock import RunLock
+    from keras_siamese.report import format_table
+    from keras_siamese.run_folder import evaluate_run
 
-    run_dir = Path(run_folder)
-    config, recorded = read_run(run_dir)
-    with RunLock(run_dir, "evaluating"):
-        embedding = evaluation.load_embedding(run_dir)  # checked before the data is loaded
-        data = load_run_data(config)
-        target = run_dir / "metrics.json"
-        if changed_data:
-            target = run_dir / "metrics_changed_data.json"
-        else:
-            check_data_unchanged(run_dir, recorded, fingerprint(data),
-                                 "its metrics.json stays as it is; to score the model on the "
-                                 "data as it is now, pass --changed-data (writes "
-                                 "metrics_changed_data.json)")
-        sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit,
-                                          config.seed)
-        metrics = evaluation.evaluate(embedding, sets)
-        if not changed_data:  # keep the training speed, the one figure evaluate cannot make
-            try:
-                metrics["seconds_per_epoch"] = evaluation.read_json(
-                    run_dir / "metrics.json").get("seconds_per_epoch")
-            except SiameseError:  # missing or damaged: it is being rewritten now
-                metrics["seconds_per_epoch"] = None
-        metrics = evaluation.to_json(metrics)
-        write_json(target, metrics)
+    metrics, written, data = evaluate_run(run_folder, changed_data)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
-        click.echo(evaluation.format_table(metrics, data.class_names))
-        click.echo(f"written: {target}")
+        click.echo(format_table(metrics, data.class_names))
+        click.echo(f"written: {written}")
 
 
 @app.command()
-@click.option("--losses", callback=_choices(VARIANTS), default=",".join(LOSSES),
+@click.option("--losses", callback=_choices(variants.VARIANTS),
+              default=",".join(variants.losses()),
               show_default=True,
               help="Comma-separated losses, or losses with online mining such as "
-                   "triplet-batch-hard (columns of the grid). All: " + ",".join(VARIANTS))
+                   "triplet-batch-hard (columns of the grid). All: " + ",".join(variants.VARIANTS))
 @click.option("--datasets", callback=_choices(DATASETS), default=",".join(DATASETS),
               show_default=True, help="Comma-separated datasets (rows of the grid).")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Epochs of every run.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every run.")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True,
+              help="Epochs of every run.")
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True,
+              help="Seed of every run.")
 @click.option("--limit", type=int, default=None,
               help="Train every run on a class-balanced subset of N images (quick grids).")
 @click.option("--output-dir", type=click.Path(), default="output/reproduce", show_default=True,

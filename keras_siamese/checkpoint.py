@@ -69,7 +69,7 @@ def load_keras_file(path, compile: bool, advice: str) -> keras.Model:
     except Exception as error:  # zip, h5py, JSON and Keras errors all mean a damaged file
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise DataError(f"cannot load {path}: damaged ({type(error).__name__}: "
-                        f"{first[:200]}); {advice}") from None
+                        f"{first[:200]}); {advice}") from error
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -87,7 +87,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 self.model.save(tmp)
         except OSError as error:  # a full disk, most often; the last checkpoint is intact
             raise OutputError(f"cannot write the checkpoint {path}: "
-                              f"{error.strerror or error}") from None
+                              f"{error.strerror or error}") from error
         for older in path.parent.glob("epoch_*.keras"):
             if older != path:
                 older.unlink()

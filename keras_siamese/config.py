@@ -1,7 +1,9 @@
 """TrainConfig: every setting of a training run, in one frozen dataclass.
 
-The command line maps its options onto these fields one to one, and the run folder
-keeps a copy as ``config.json`` so a run can be understood (and repeated) later.
+Each field carries its command-line help (and choices, metavar...) as metadata, so the
+``train`` command is generated from this class with the defaults defined once; the run
+folder keeps a copy as ``config.json`` (:meth:`TrainConfig.to_json`, read back with
+:meth:`TrainConfig.from_json`) so a run can be understood (and repeated) later.
 """
 
 from __future__ import annotations
@@ -13,16 +15,11 @@ from pathlib import Path
 
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.outputs import is_inside
+from keras_siamese.variants import VARIANTS, losses, mining_rules, variant_of
 
-LOSSES = ("softmax", "contrastive", "bce", "triplet", "vae")
 DATASETS = ("mnist", "fashion_mnist")  # built in; also tfds:NAME or a class-folder path
 BACKBONES = ("small", "resnet")
 STRATEGIES = ("default", "mirrored", "multi-worker")
-# "random": the study's offline pairs/triplets; the rest mine P x K batches online.
-MINING = {"softmax": ("random",), "bce": ("random",), "vae": ("random",),
-          "contrastive": ("random", "hard-negative"),
-          "triplet": ("random", "batch-all", "batch-hard", "semi-hard")}
-
 
 DATA_FINGERPRINT = "data_fingerprint"  # config.json's record of the data (data.fingerprint)
 # Upper bounds that keep a typo (an extra zero or two) from reaching TensorFlow or the OS.
@@ -32,48 +29,99 @@ MAX_GIF_FRAME_MS = 655350  # GIF stores frame durations as 16-bit centiseconds
 MAX_SEED = 2**32 - 1  # numpy's and keras.utils.set_random_seed's limit
 MAX_NAME_BYTES = 200  # run folder names; file systems allow 255 bytes, staging adds some
 
-# Every loss, and every loss with an online mining rule: the columns ``reproduce`` offers.
-VARIANTS = LOSSES + tuple(f"{loss}-{rule}" for loss, rules in MINING.items()
-                          for rule in rules if rule != "random")
+
+def setting(default, help: str, **cli):
+    """A TrainConfig field: its default, its ``--option``'s help, and what else the command
+    line needs to know (``choices``, ``metavar``, ``aliases``, ``default_text``, ``path``,
+    ``switch``: a ``--x/--no-x`` pair rather than a one-way flag)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def _online_rules() -> str:
+    rules = [f"{v.mining} ({v.loss})" for v in VARIANTS.values() if v.online]
+    return ", ".join(rules)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run; invalid values raise :class:`ConfigError`."""
 
-    loss: str = "contrastive"
-    dataset: str = "mnist"
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    margin: float = 1.0
-    embedding_dim: int = 2
-    seed: int = 0
-    limit: int | None = None
-    data_dir: str | None = None
-    output_dir: str = "output"
-    log_dir: str = "logs"
-    run_name: str | None = None
-    overwrite: bool = False
-    frames: bool = True  # latent frames and GIF
-    frame_images: int = 2000  # fixed test images shown by the frames and the projector
-    gif_frame_ms: int = 500
-    projector: bool = True
-    projector_every: int = 0  # also log the projector every K epochs; 0: only at the end
-    holdout_classes: tuple[int, ...] = ()  # classes left out of training, scored apart
-    eval_every: int = 0  # also log the metrics to TensorBoard every K epochs; 0: only at the end
-    export: bool = True  # write the embedding net as a SavedModel (run_dir/saved_model)
-    mining: str = "random"  # see MINING; online mining trains on P x K batches
-    classes_per_batch: int = 8  # P of the P x K batches (online mining only)
-    images_per_class: int = 16  # K of the P x K batches (online mining only)
-    image_size: int | None = None  # square side images are read at; None: see data.py
-    test_split: float = 0.2  # share of each class tested on, where a dataset has no test split
-    backbone: str = "small"  # see models.BACKBONES
-    strategy: str = "default"  # tf.distribute strategy, see keras_siamese.distribute
+    loss: str = setting(
+        "contrastive", "; ".join(f"{v.loss}: {v.summary}" for v in VARIANTS.values()
+                                 if not v.online) + ".", choices=losses())
+    dataset: str = setting(
+        "mnist", "mnist or fashion_mnist (offline from --data-dir, TFDS or the packaged "
+        "copies); tfds:NAME, a TFDS image-classification dataset prepared on this machine; "
+        "or FOLDER with one sub-folder of PNG/JPEG images per class.",
+        metavar="mnist|fashion_mnist|tfds:NAME|FOLDER")
+    epochs: int = setting(10, "Passes over the training images (one pair/triplet per image "
+                          "and epoch).")
+    batch_size: int = setting(128, "Pairs, triplets or images per training step.")
+    learning_rate: float = setting(1e-3, "Adam's initial learning rate (cosine-decayed to 0 "
+                                   "over the run).", aliases=("--lr",))
+    margin: float = setting(1.0, "Margin of the contrastive and triplet losses (> 0).")
+    embedding_dim: int = setting(2, "Size of the embedding; plots show a PCA projection "
+                                 "when > 2.")
+    seed: int = setting(0, "Seed of weights and training pairs; same seed, same run.")
+    limit: int | None = setting(None, "Train on a class-balanced subset of N training images "
+                                "(quick runs).")
+    data_dir: str | None = setting(None, "Folder with the four idx files (or a TFDS data dir) "
+                                   "to load from.", path=True)
+    output_dir: str = setting("output", "Root of the run folders (model, plots, config, "
+                              "history, metrics).", path=True)
+    log_dir: str = setting("logs", "Root of the TensorBoard run folders.", path=True)
+    run_name: str | None = setting(None, "Name of the run folder.",
+                                   default_text="<loss>_<dataset>")
+    overwrite: bool = setting(False, "Replace an existing run folder of the same name.")
+    frames: bool = setting(True, "Plot the latent space of fixed test images before training "
+                           "and after every epoch (frames/*.png, latent.gif, "
+                           "latent_embeddings.npz).", switch=True)
+    frame_images: int = setting(2000, "Number of fixed test images (same number per class, "
+                                "same in every run) shown by the frames and the TensorBoard "
+                                "projector.")
+    gif_frame_ms: int = setting(500, "Duration of one GIF frame in milliseconds (the last is "
+                                "held 4x).")
+    projector: bool = setting(True, "Write TensorBoard projector data (embeddings, labels, "
+                              "image sprite) into <log-dir>/<run>/projector after the last "
+                              "epoch.", switch=True)
+    projector_every: int = setting(0, "Also write the projector every K epochs (one entry per "
+                                   "epoch); 0: only after the last epoch.")
+    holdout_classes: tuple[int, ...] = setting(
+        (), "Leave these class numbers out of training and report the metrics on them "
+        "separately (e.g. 7,8,9): the one-shot setting.", metavar="C1,C2,...")
+    eval_every: int = setting(0, "Also log the embedding metrics to TensorBoard every K "
+                              "epochs (they are always computed after the last one).")
+    export: bool = setting(True, "Export the embedding net as a TensorFlow SavedModel "
+                           "(<run folder>/saved_model) for serving without this package.",
+                           switch=True)
+    mining: str = setting(
+        "random", "random: the study's offline pairs/triplets. Online, on P x K batches: "
+        f"{_online_rules()}.", choices=mining_rules())
+    classes_per_batch: int = setting(8, "P: classes in each online-mining batch (batch size "
+                                     "P x K).")
+    images_per_class: int = setting(16, "K: images of each class in each online-mining batch.")
+    image_size: int | None = setting(
+        None, "Read images at N x N pixels.", default_text="MNIST-like data keeps 28 x 28; "
+        "other data keeps its size if all images share one up to 64 x 64, else 64 x 64")
+    test_split: float = setting(0.2, "Share of each class held out for testing (fixed seed), "
+                                "for datasets without a test split of their own (class "
+                                "folders, some TFDS sets).")
+    backbone: str = setting("small", "small: the study's 2-conv network; resnet: a small "
+                            "ResNet (6 residual blocks, batch norm) for larger colour images.",
+                            choices=BACKBONES)
+    strategy: str = setting("default", "tf.distribute: mirrored: this machine's GPUs "
+                            "(--batch-size is the global batch); multi-worker: one process "
+                            "per machine, each with its TF_CONFIG (see the README); only the "
+                            "chief writes outputs.", choices=STRATEGIES)
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        self._check_model_and_data()
+        self._check_numbers()
+        self._check_folders()
+
+    def _check_model_and_data(self) -> None:
+        if self.loss not in losses():
+            raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(losses())}")
         if not (self.dataset in DATASETS or self.dataset.startswith("tfds:")
                 or os.sep in self.dataset or os.path.isdir(self.dataset)):
             raise ConfigError(f"unknown dataset {self.dataset!r}: choose {', '.join(DATASETS)}, "
@@ -86,19 +134,22 @@ class TrainConfig:
                               f"{', '.join(STRATEGIES)}")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"--image-size must be >= 16, got {self.image_size}")
-        if self.image_size is not None and self.loss == "vae" and self.image_size % 4:
-            raise ConfigError(f"--image-size {self.image_size}: the VAE's decoder needs a "
-                              "multiple of 4")
         if not 0 < self.test_split < 1:
             raise ConfigError(f"--test-split must be between 0 and 1, got {self.test_split}")
-        if self.mining not in MINING[self.loss]:
+        if self.mining not in mining_rules(self.loss):
             raise ConfigError(f"--mining {self.mining!r} does not apply to --loss {self.loss}: "
-                              f"choose one of {', '.join(MINING[self.loss])}")
+                              f"choose one of {', '.join(mining_rules(self.loss))}")
+        multiple = self.model_variant.image_multiple
+        if self.image_size is not None and self.image_size % multiple:
+            raise ConfigError(f"--image-size {self.image_size}: --loss {self.variant} needs a "
+                              f"multiple of {multiple}")
         if self.classes_per_batch < 2 or self.images_per_class < 2:
             raise ConfigError("--classes-per-batch and --images-per-class must be >= 2, got "
                               f"{self.classes_per_batch} and {self.images_per_class}")
         if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
             raise ConfigError(f"--image-size must be <= {MAX_IMAGE_SIZE}, got {self.image_size}")
+
+    def _check_numbers(self) -> None:
         _require_positive("epochs", self.epochs)
         _require_positive("batch size", self.batch_size)
         _require_positive("learning rate", self.learning_rate)
@@ -123,6 +174,8 @@ class TrainConfig:
             raise ConfigError(f"--projector-every must be >= 0, got {self.projector_every}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
+
+    def _check_folders(self) -> None:
         if self.run_name is not None and (
             not self.run_name or "/" in self.run_name or self.run_name.startswith(".")
             or "\0" in self.run_name
@@ -142,7 +195,12 @@ class TrainConfig:
     @property
     def online(self) -> bool:
         """Whether training mines P x K batches online (rather than offline pairs/triplets)."""
-        return self.mining != "random"
+        return self.model_variant.online
+
+    @property
+    def model_variant(self):
+        """The :class:`~keras_siamese.variants.Variant` these settings train."""
+        return variant_of(self.loss, self.mining)
 
     @property
     def training_batch_size(self) -> int:
@@ -153,7 +211,7 @@ class TrainConfig:
     @property
     def variant(self) -> str:
         """``<loss>`` or ``<loss>-<mining>``, e.g. ``triplet-batch-hard``."""
-        return f"{self.loss}-{self.mining}" if self.online else self.loss
+        return self.model_variant.name
 
     @property
     def dataset_name(self) -> str:
@@ -195,7 +253,7 @@ class TrainConfig:
             settings = json.loads(text)
         except ValueError as error:
             raise DataError(f"{source} is not valid JSON ({error}): not a run's settings") \
-                from None
+                from error
         if not isinstance(settings, dict):
             raise DataError(f"{source} holds a JSON {type(settings).__name__}, not a run's "
                             "settings (a JSON object)")
@@ -215,7 +273,7 @@ class TrainConfig:
         try:
             return cls(**settings), fingerprint
         except ConfigError as error:
-            raise DataError(f"{source}: {error}") from None
+            raise DataError(f"{source}: {error}") from error
 
 
 _JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}

@@ -220,7 +220,7 @@ def _split_class_folders(root: Path, files, labels, class_names, test_split: flo
         counts = np.bincount(labels, minlength=len(class_names))
         folder = files[int(np.flatnonzero(labels == counts.argmin())[0])].parent
         raise DataError(f"--dataset {image_folders.shown(root)}: {error}; add images to "
-                        f"{image_folders.shown(folder)} or remove that folder") from None
+                        f"{image_folders.shown(folder)} or remove that folder") from error
 
 
 def _load_tfds_classification(name: str, data_dir, image_size, test_split: float) -> ImageData:
@@ -234,7 +234,7 @@ def _load_tfds_classification(name: str, data_dir, image_size, test_split: float
         # Unprepared datasets may not list their splits: expect the usual two.
         splits = set(builder.info.splits) or {"train", "test"}
     except Exception as error:  # TFDS raises a wide range of types
-        raise DataError(f"--dataset tfds:{name}: {_first_line(error)}") from None
+        raise DataError(f"--dataset tfds:{name}: {_first_line(error)}") from error
     if "train" not in splits:
         raise DataError(f"--dataset tfds:{name} has no train split (it has "
                         f"{', '.join(sorted(splits))})")
@@ -259,7 +259,7 @@ def _load_tfds_classification(name: str, data_dir, image_size, test_split: float
         except Exception as error:  # not prepared, damaged, or not (image, label) pairs
             raise DataError(f"cannot read tfds:{name} ({split}) from {root}: "
                             f"{_first_line(error)}; prepare it with 'tfds build {name} "
-                            f"--data_dir {root}' where there is network") from None
+                            f"--data_dir {root}' where there is network") from error
         return _checked(images, name, batch=True), labels.astype(np.int64)
 
     names = getattr(features["label"], "names", None) if "label" in features else None
@@ -373,7 +373,7 @@ def _load_idx_dir(name: str, folder: Path, source: str) -> ImageData:
         try:
             raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         except (OSError, EOFError, gzip.BadGzipFile) as error:
-            raise DataError(f"cannot read {path}: {error}") from None
+            raise DataError(f"cannot read {path}: {error}") from error
         if hashlib.md5(raw).hexdigest() != IDX_MD5[name][key]:
             raise DataError(f"{path} fails its md5 check: it is not the original {name} "
                             f"{key} file (corrupted or another dataset)")
@@ -412,7 +412,7 @@ def _load_pureml_mnist(path: Path) -> ImageData:
             "t10k-labels": group["test_labels"][:],
         }
     except Exception as error:  # zarr raises many types for a damaged archive
-        raise DataError(f"cannot read the packaged MNIST copy {path}: {error}") from None
+        raise DataError(f"cannot read the packaged MNIST copy {path}: {error}") from error
     for key, array in arrays.items():
         if hashlib.md5(_idx_bytes(array)).hexdigest() != IDX_MD5["mnist"][key]:
             raise DataError(f"the packaged MNIST copy {path} fails the md5 check of {key}; "
@@ -435,7 +435,7 @@ def _load_tfds(name: str, root: Path, download: bool) -> ImageData:
     try:
         (x_train, y_train), (x_test, y_test) = read("train"), read("test")
     except Exception as error:  # TFDS raises a wide range of types
-        raise DataError(f"cannot load {name} from TFDS at {root}: {error}") from None
+        raise DataError(f"cannot load {name} from TFDS at {root}: {error}") from error
     arrays = {"train-images": x_train, "train-labels": y_train,
               "t10k-images": x_test, "t10k-labels": y_test}
     digests = (example_set_digest(arrays["train-images"], arrays["train-labels"]),

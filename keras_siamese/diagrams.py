@@ -1,11 +1,13 @@
 """Architecture diagrams: every model drawn by ``keras.utils.plot_model``, plus one overview.
 
 ``draw_models(folder)`` writes ``embedding.png`` (the shared embedding net, layer by
-layer), ``classifier.png``, ``siamese_contrastive.png``, ``siamese_bce.png`` and
-``triplet.png``, and ``architecture.png``, the five side by side. The four models show the
-embedding net as ONE box that every input branch runs through, which is what "shared
-weights" means; they are drawn without ``expand_nested``, which would stretch each of them
-with the net's thirteen layers that ``embedding.png`` already shows. Drawing needs the
+layer), one diagram per model of the variant table (:mod:`keras_siamese.variants`):
+``classifier.png``, ``siamese_contrastive.png``, ``siamese_bce.png``, ``triplet.png``,
+``vae.png`` and ``online_embedding.png`` (the model every online-mining variant trains),
+and ``architecture.png``, all of them side by side. The models show the embedding net
+(the VAE: its encoder) as ONE box that every input branch runs through, which is what
+"shared weights" means; they are drawn without ``expand_nested``, which would stretch
+each of them with the net's layers that ``embedding.png`` already shows. Drawing needs the
 ``dot`` program (graphviz) and the ``pydot`` package.
 """
 
@@ -17,10 +19,11 @@ from pathlib import Path
 
 import keras
 
-from keras_siamese import models
+from keras_siamese.config import TrainConfig
 from keras_siamese.errors import MissingDependencyError, OutputError
 from keras_siamese.outputs import atomic_path
-from keras_siamese.plots import plt, save_figure
+from keras_siamese.plots import new_figure, read_png, save_figure
+from keras_siamese.variants import VARIANTS, NetSpec
 
 DPI = 96
 
@@ -29,24 +32,25 @@ def require_graphviz() -> None:
     """Raise MissingDependencyError unless pydot and graphviz's ``dot`` are installed."""
     try:
         importlib.import_module("pydot")
-    except ImportError:
+    except ImportError as error:
         raise MissingDependencyError("diagrams need the pydot package: pip install pydot") \
-            from None
+            from error
     if shutil.which("dot") is None:
         raise MissingDependencyError("diagrams need graphviz's dot program on PATH: "
-                                     "apt-get install graphviz") from None
+                                     "apt-get install graphviz")
 
 
 def architectures(input_shape=(28, 28, 1), embedding_dim: int = 2, num_classes: int = 10):
-    """The embedding net and the four models built around one instance of it, by file name."""
-    embedding = models.embedding_net(input_shape, embedding_dim)
-    return {
-        "embedding": embedding,
-        "classifier": models.classifier_model(embedding, num_classes),
-        "siamese_contrastive": models.contrastive_model(embedding),
-        "siamese_bce": models.bce_model(embedding),
-        "triplet": models.triplet_model(embedding),
-    }
+    """The embedding net and the model of every variant (:mod:`variants`), by file name
+    (the model's name); variants that share a model, as the online ones do, give it once."""
+    net = NetSpec(input_shape, 0.0, 1.0, num_classes)
+    drawn = {"embedding": net.embedding_net(TrainConfig(embedding_dim=embedding_dim))}
+    for variant in VARIANTS.values():
+        config = TrainConfig(loss=variant.loss, mining=variant.mining,
+                             embedding_dim=embedding_dim)
+        model = variant.build(config, net)[0]
+        drawn.setdefault(model.name, model)
+    return drawn
 
 
 def draw_models(folder="output/diagrams") -> list[Path]:
@@ -56,7 +60,7 @@ def draw_models(folder="output/diagrams") -> list[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot create {folder}: {error.strerror or error}") from None
+        raise OutputError(f"cannot create {folder}: {error.strerror or error}") from error
     paths = []
     for name, model in architectures().items():
         path = folder / f"{name}.png"
@@ -70,16 +74,19 @@ def draw_models(folder="output/diagrams") -> list[Path]:
 
 
 def combine(paths: list[Path], out: Path) -> None:
-    """One figure: the embedding net (first path) on the left, the models beside it."""
-    fig = plt.figure(figsize=(20, 11), dpi=100)
-    grid = fig.add_gridspec(2, 3, width_ratios=[1.0, 1.4, 1.4])
-    cells = [grid[:, 0], grid[0, 1], grid[0, 2], grid[1, 1], grid[1, 2]]
+    """One figure: the embedding net (first path) on the left, the models beside it, three
+    to a row."""
+    rows = -(-(len(paths) - 1) // 3)
+    fig = new_figure((26, 5.5 * rows), 100)
+    grid = fig.add_gridspec(rows, 4, width_ratios=[1.0, 1.4, 1.4, 1.4])
+    cells = [grid[:, 0]] + [grid[i // 3, 1 + i % 3] for i in range(len(paths) - 1)]
     for cell, path in zip(cells, paths):
         ax = fig.add_subplot(cell)
-        ax.imshow(plt.imread(path))
+        ax.imshow(read_png(path))
         ax.set_title(path.stem, fontsize=14)
         ax.axis("off")
-    fig.suptitle("One embedding net, shared by the classifier, both Siamese twins and the "
-                 "triplet network", fontsize=16)
+    fig.suptitle("One embedding net, shared by every model: the classifier, both Siamese "
+                 "twins, the triplet and online-mining networks, and the VAE's encoder",
+                 fontsize=16)
     fig.tight_layout()
     save_figure(fig, out)

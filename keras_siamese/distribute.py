@@ -81,10 +81,10 @@ def _split_cpu(count: int) -> None:
     try:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * count)
-    except RuntimeError:  # the runtime has started: only the first split can apply
+    except RuntimeError as error:  # the runtime has started: only the first split can apply
         if len(tf.config.list_logical_devices("CPU")) != count:
             raise ConfigError(f"{CPU_DEVICES_ENV}={count} came after TensorFlow had "
-                              "started; set it before the process starts") from None
+                              "started; set it before the process starts") from error
 
 
 def _task() -> dict:
@@ -101,7 +101,7 @@ def _task() -> dict:
             raise KeyError("task")
     except (ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"TF_CONFIG is not a cluster with this process's task in it "
-                          f"({error}): see the README, 'Distributed training'") from None
+                          f"({error}): see the README, 'Distributed training'") from error
     return task
 
 

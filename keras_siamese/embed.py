@@ -20,12 +20,12 @@ import numpy as np
 
 from keras_siamese.errors import ConfigError, DataError, OutputError
 from keras_siamese.image_folders import IMAGE_SUFFIXES, display_name, read_image, shown
+from keras_siamese.models import inference_batch_size
 from keras_siamese.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".npy", ".csv")
-BATCH = 256
 
 
 class Embedder:
@@ -45,15 +45,18 @@ class Embedder:
             return
         if path.is_file() and path.suffix != ".keras":
             raise ConfigError(f"{model_path}: not a run folder, .keras file or SavedModel folder")
-        from keras_siamese.evaluation import load_embedding
+        from keras_siamese.run_folder import load_embedding
 
         embedding = load_embedding(path)
         self.input_shape = tuple(embedding.input_shape[1:])
         self._embed = lambda x: embedding(x, training=False).numpy()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.concatenate([self._embed(images[i:i + BATCH])
-                               for i in range(0, len(images), BATCH)])
+        """Embeddings of ``images`` (N, H, W, C), batched as :func:`models.embed_images`
+        batches (:func:`models.inference_batch_size`)."""
+        batch = inference_batch_size(*images.shape[1:3])
+        return np.concatenate([self._embed(images[i:i + batch])
+                               for i in range(0, len(images), batch)])
 
 
 def read_inputs(inputs, input_shape, invert: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -103,7 +106,7 @@ def _read_array(path: Path, input_shape) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise DataError(f"{shown(path)}: cannot read this .npy file "
-                        f"({display_name(str(error))})") from None
+                        f"({display_name(str(error))})") from error
     if not isinstance(array, np.ndarray):  # np.load opens a .npz archive whatever its name
         array.close()
         raise DataError(f"{shown(path)}: a .npz archive, not a .npy array; save the images "
@@ -195,4 +198,4 @@ def write_embeddings(path, embeddings: np.ndarray, names: list[str]) -> list[Pat
             tmp.write_text("".join(name + "\n" for name in names), encoding="utf-8")
         return [path, names_file]
     except OSError as error:
-        raise OutputError(f"cannot write {shown(path)}: {error.strerror or error}") from None
+        raise OutputError(f"cannot write {shown(path)}: {error.strerror or error}") from error

@@ -11,8 +11,10 @@ class SiameseError(Exception):
     exit_code = 1
 
 
-class ConfigError(SiameseError):
-    """An option has a value that cannot work (bad margin, unknown loss, existing run...)."""
+class ConfigError(SiameseError, ValueError):
+    """An option has a value that cannot work (bad margin, unknown loss, existing run...).
+
+    Also a ValueError, so code that checks arguments the Python way catches it too."""
 
     exit_code = 2
 

@@ -1,17 +1,26 @@
 """experiment.run(config): the one place that wires data, streams, models and losses.
 
-It trains the model chosen by ``config.loss`` and leaves in the run folder:
-``config.json``, ``history.csv``, ``model.keras``, ``embedding.png``, ``metrics.json``,
-the SavedModel ``saved_model/`` (:mod:`keras_siamese.export`), plus the latent-space
-frames (``frames/``, ``latent.gif``, ``latent_embeddings.npz``, see
-:mod:`keras_siamese.latent`); a VAE run adds ``manifold.png`` and ``reconstructions.png``.
-While it trains, ``checkpoints/`` holds the last finished epoch, so an interrupted run can
-resume (:mod:`keras_siamese.checkpoint`). TensorBoard scalars go to
-``<log_dir>/<run name>/train`` and ``/validation``, the embedding metrics
-(:mod:`keras_siamese.evaluation`) to ``/metrics``, projector data to ``/projector``
-(:mod:`keras_siamese.projector`). With ``--strategy`` the model trains under a
-``tf.distribute`` strategy and only the chief writes any of this
-(:mod:`keras_siamese.distribute`).
+It trains the variant chosen by ``config.loss`` and ``config.mining``
+(:mod:`keras_siamese.variants`) and leaves in the run folder
+(:mod:`keras_siamese.run_folder`): ``config.json``, ``history.csv``, ``model.keras``,
+``embedding.png``, ``metrics.json``, the SavedModel ``saved_model/``
+(:mod:`keras_siamese.export`), plus the latent-space frames (``frames/``, ``latent.gif``,
+``latent_embeddings.npz``, see :mod:`keras_siamese.latent`) and the variant's own figures
+(the VAE's ``manifold.png`` and ``reconstructions.png``). While it trains,
+``checkpoints/`` holds the last finished epoch, so an interrupted run can resume
+(:mod:`keras_siamese.checkpoint`). TensorBoard scalars go to ``<log_dir>/<run name>/train``
+and ``/validation``, the embedding metrics (:mod:`keras_siamese.evaluation`) to
+``/metrics``, projector data to ``/projector`` (:mod:`keras_siamese.projector`). With
+``--strategy`` the model trains under a ``tf.distribute`` strategy and only the chief
+writes any of this (:mod:`keras_siamese.distribute`).
+
+One run, step by step (:func:`_train`): read the data its settings name
+(:func:`run_folder.load_run_data`) -> split it into seen / unseen classes
+(:func:`splits.evaluation_sets`) -> let the variant check its settings against the data ->
+seed and build the variant's model (or load the checkpoint) -> check memory -> make the
+folders and ``config.json`` -> the variant's streams -> ``fit`` with the callbacks ->
+save, export, score, plot (:func:`_finish`). :func:`run` wraps that in the run's lock and
+the staging that keeps an earlier run intact until the new one has finished.
 """
 
 from __future__ import annotations
@@ -25,24 +34,22 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_siamese import (checkpoint, distribute, evaluation, export, latent, memory, models,
-                           projector, streams)
+from keras_siamese import checkpoint, distribute, export, latent, memory, models, projector
+from keras_siamese import run_folder
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import fingerprint as data_fingerprint
-from keras_siamese.data import load_dataset, resize_dataset
 from keras_siamese.errors import (ConfigError, DataError, Interrupted, OutOfMemoryError,
                                   OutputError, SiameseError)
-from keras_siamese.evaluation import Split
-from keras_siamese.losses import (BernoulliReconstructionLoss, ContrastiveLoss, GaussianKLLoss,
-                                  OnlineContrastiveLoss, OnlineTripletLoss, TripletLoss)
+from keras_siamese.evaluation import EvaluationLog, evaluate, log_scalars
 from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
-                                   replace_folder, write_json, write_text)
-from keras_siamese.plots import manifold_image, reconstruction_strip, scatter_embeddings
+                                   replace_folder)
+from keras_siamese.plots import scatter_embeddings
 from keras_siamese.run_lock import RunLock
+from keras_siamese.splits import EvaluationSets, Split, evaluation_sets
+from keras_siamese.variants import NetSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +65,10 @@ class RunResult:
     chief: bool = True
 
 
-def compiled_model(config: TrainConfig, input_shape, pixel_mean: float, pixel_std: float,
-                   num_classes: int, steps_per_epoch: int) -> keras.Model:
-    """The loss's model around a fresh shared embedding net (for the VAE: the encoder),
-    compiled with its loss, metrics and Adam on a cosine-decayed learning rate."""
-    net = dict(mean=pixel_mean, std=pixel_std, backbone=config.backbone)
-    metrics = []
-    if config.loss == "vae":
-        model = models.vae_model(models.vae_encoder(input_shape, config.embedding_dim, **net),
-                                 models.vae_decoder(config.embedding_dim, input_shape))
-        loss = {"reconstruction": BernoulliReconstructionLoss(), "posterior": GaussianKLLoss()}
-    else:
-        embedding = models.embedding_net(input_shape, config.embedding_dim, **net)
-        if config.online:
-            model = models.online_model(embedding)
-            loss = (OnlineTripletLoss(config.margin, config.mining) if config.loss == "triplet"
-                    else OnlineContrastiveLoss(config.margin))
-        elif config.loss == "softmax":
-            model = models.classifier_model(embedding, num_classes)
-            loss = keras.losses.SparseCategoricalCrossentropy()
-            metrics = ["sparse_categorical_accuracy"]
-        elif config.loss == "triplet":
-            model, loss = models.triplet_model(embedding), TripletLoss(config.margin)
-        elif config.loss == "bce":
-            model = models.bce_model(embedding)
-            loss, metrics = keras.losses.BinaryCrossentropy(), ["binary_accuracy"]
-        else:
-            model, loss = models.contrastive_model(embedding), ContrastiveLoss(config.margin)
+def compiled_model(config: TrainConfig, net: NetSpec, steps_per_epoch: int) -> keras.Model:
+    """The variant's model around a fresh shared embedding net (:mod:`variants`), compiled
+    with its loss, metrics and Adam on a cosine-decayed learning rate."""
+    model, loss, metrics = config.model_variant.build(config, net)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
@@ -92,39 +76,23 @@ def compiled_model(config: TrainConfig, input_shape, pixel_mean: float, pixel_st
 
 
 def training_streams(config: TrainConfig, seen: Split, start_epoch: int):
-    """``(train, validation)``: training examples from the run's training images, epochs
-    ``start_epoch`` on; validation ones from the test images of the trained classes."""
-    b, seed = config.batch_size, config.seed
-    x_train, y_train, x_test, y_test = (seen.train_images, seen.train_labels,
-                                        seen.test_images, seen.test_labels)
-    if config.online:
-        p, k = config.classes_per_batch, config.images_per_class
-        return (streams.pk_stream(x_train, y_train, p, k, seed, start_epoch),
-                streams.evaluation_pk_batches(x_test, y_test, p, k))
-    if config.loss == "vae":
-        return (streams.vae_stream(x_train, y_train, b, seed, start_epoch),
-                streams.evaluation_vae_images(x_test, y_test, b))
-    if config.loss == "softmax":
-        return (streams.image_stream(x_train, y_train, b, seed, start_epoch),
-                streams.evaluation_images(x_test, y_test, b))
-    if config.loss == "triplet":
-        return (streams.triplet_stream(x_train, y_train, b, seed, start_epoch),
-                streams.evaluation_triplets(x_test, y_test, b))
-    return (streams.pair_stream(x_train, y_train, b, seed, start_epoch),
-            streams.evaluation_pairs(x_test, y_test, b))
+    """``(train, validation)``: the variant's training examples from the run's training
+    images, epochs ``start_epoch`` on; validation ones from the test images of the trained
+    classes."""
+    return config.model_variant.streams(config, seen, start_epoch)
 
 
 def _callbacks(config: TrainConfig, embedding, shown: latent.FrameImages,
-               sets: evaluation.EvaluationSets, metrics_writer, start_epoch: int) -> list:
+               sets: EvaluationSets, metrics_writer, start_epoch: int) -> list:
     """Records written while training: history, TensorBoard scalars, frames, projector,
     metrics every ``--eval-every`` epochs; a resumed run keeps those of epochs up to
     ``start_epoch``. The NaN guard comes before, the checkpoint after all of them."""
     run_dir = config.run_dir
     callbacks = [checkpoint.StopOnNonFiniteLoss(run_dir),
-                 HistoryCSV(run_dir / "history.csv", resume_after=start_epoch),
+                 HistoryCSV(run_dir / run_folder.HISTORY, resume_after=start_epoch),
                  keras.callbacks.TensorBoard(str(config.tensorboard_dir), write_graph=False)]
     if config.eval_every:
-        callbacks.append(evaluation.EvaluationLog(embedding, sets, metrics_writer,
+        callbacks.append(EvaluationLog(embedding, sets, metrics_writer,
                                                   config.eval_every))
     if config.frames:
         callbacks.append(latent.LatentFrames(embedding, shown, run_dir, config.name,
@@ -136,51 +104,11 @@ def _callbacks(config: TrainConfig, embedding, shown: latent.FrameImages,
     return callbacks + [checkpoint.EpochCheckpoint(run_dir)]
 
 
-def read_run(run_folder) -> tuple[TrainConfig, dict | None]:
-    """The settings of the run in ``run_folder`` (its ``config.json``), pointed at that
-    folder wherever it now is, and the fingerprint of the data it was trained on (None for
-    runs made before fingerprints were recorded)."""
-    run_dir = Path(run_folder)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read {path}: {error}") from None
-    config, fingerprint = TrainConfig.from_json(text, path)
-    try:
-        config = dataclasses.replace(config, output_dir=str(run_dir.parent),
-                                     run_name=run_dir.name, overwrite=False)
-    except ConfigError as error:
-        raise DataError(f"{path}: {error}") from None
-    return config, fingerprint
-
-
-def run_config(run_folder) -> TrainConfig:
-    """The settings of the run in ``run_folder``, see :func:`read_run`."""
-    return read_run(run_folder)[0]
-
-
-def check_data_unchanged(run_dir, recorded: dict | None, current: dict, doing: str) -> None:
-    """DataError when the data a run recorded differs from what its settings load now."""
-    if recorded is None:
-        log.warning("%s records no fingerprint of its data (made by an older version): "
-                    "cannot check that the data is unchanged", run_dir)
-    elif recorded != current:
-        then = f"{recorded.get('train_images')} training / {recorded.get('test_images')} test"
-        now = f"{current['train_images']} training / {current['test_images']} test"
-        what = (f"{then} images then, {now} now" if then != now else
-                f"the same {now} images, other content")
-        raise DataError(f"the data of {run_dir} has changed since it was trained ({what}): "
-                        f"{doing}")
-
-
 def _resume_point(run_dir: Path, epochs: int) -> tuple[int, Path]:
     """The epoch and checkpoint an interrupted run continues from."""
     found = checkpoint.last_checkpoint(run_dir)
     if found is None:
-        if (run_dir / "metrics.json").is_file():
+        if (run_dir / run_folder.METRICS).is_file():
             raise ConfigError(f"{run_dir} has already finished: nothing to resume")
         raise ConfigError(f"{run_dir} has no checkpoint (no epoch finished): train it again "
                           "with --overwrite")
@@ -193,7 +121,7 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
     """Train one model as configured and write its run folder (see module doc).
 
     With ``resume``, continue the interrupted run in ``config.run_dir`` (made with these
-    settings, see :func:`run_config`) from its last checkpoint. Under ``--strategy
+    settings, see :func:`run_folder.read_config`) from its last checkpoint. Under ``--strategy
     multi-worker`` every worker runs this; only the chief writes (:mod:`distribute`).
 
     The chief holds the run's lock (:mod:`run_lock`) throughout. A run that replaces an
@@ -219,7 +147,10 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
             if created and not kept:  # nothing resumable: remove what this run made
                 for folder in (work.run_dir, work.tensorboard_dir):
                     shutil.rmtree(folder.parent if replacing else folder, ignore_errors=True)
-            raise _explained(error, config, replacing, kept, created) from None
+            explained = _explained(error, config, replacing, kept, created)
+            if explained is error:
+                raise
+            raise explained from error
         if replacing:
             _swap_into_place(work, config)
             result = dataclasses.replace(result, run_dir=config.run_dir,
@@ -243,7 +174,7 @@ def _swap_into_place(work: TrainConfig, config: TrainConfig) -> None:
             replace_folder(new, target)
         except OSError as error:
             raise OutputError(f"cannot move the new run into {target}: "
-                              f"{error.strerror or error}; it is in {new}") from None
+                              f"{error.strerror or error}; it is in {new}") from error
         shutil.rmtree(new.parent, ignore_errors=True)
 
 
@@ -299,58 +230,74 @@ def _train(config: TrainConfig, strategy, resume: bool, chief: bool = True,
            record: TrainConfig | None = None) -> RunResult:
     """Train and write ``config.run_dir`` (see :func:`run`); ``config.json`` holds
     ``record``, the settings as the user gave them (``config`` may point to staging)."""
-    run_dir, log_dir = config.run_dir, config.tensorboard_dir
-    recorded = None
-    if resume:
-        start_epoch, saved = _resume_point(run_dir, config.epochs)
-        recorded = read_run(run_dir)[1]
-    else:
-        start_epoch, saved = 0, None
-    data = load_run_data(config)
+    start_epoch, saved = _resume_point(config.run_dir, config.epochs) if resume else (0, None)
+    data = run_folder.load_run_data(config)
     fingerprint = data_fingerprint(data)
     if resume:
-        check_data_unchanged(run_dir, recorded, fingerprint, "resuming would train on other "
-                             "data; restore the data or train a new run")
-    # Both check the settings against the data before any folder is made.
-    sets = evaluation.evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
+        recorded = run_folder.read_config(config.run_dir)[1]
+        run_folder.check_data_unchanged(config.run_dir, recorded, fingerprint,
+                                        "resuming would train on other data; restore the data "
+                                        "or train a new run")
+    # These check the settings against the data before any folder is made.
+    sets = evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
     shown = latent.frame_images(data, config.frame_images)
-    x_train, y_train = sets.seen.train_images, sets.seen.train_labels
-    if config.online:
-        for labels in (y_train, sets.seen.test_labels):
-            streams.check_pk(labels, config.classes_per_batch, config.images_per_class)
-    steps = streams.steps_per_epoch(len(y_train), config.training_batch_size)
-    if config.mining == "batch-hard" and (config.embedding_dim < 16 or
-                                          config.images_per_class > 4):
-        log.warning("batch-hard mining collapsed every embedding into one point in our runs "
-                    "below 16-D or with more than 4 images per class; it trains with e.g. "
-                    "--embedding-dim 64 --classes-per-batch 10 --images-per-class 4 "
-                    "(README, 'Online mining')")
+    config.model_variant.check(config, sets.seen)
+    steps = _steps_per_epoch(config, sets.seen)
+    model = _model(config, strategy, saved, start_epoch, NetSpec(
+        sets.seen.train_images.shape[1:], float(sets.seen.train_images.mean()),
+        float(sets.seen.train_images.std()), data.num_classes), steps)
+    _check_training_memory(config, model)
+    if chief:
+        _create_folders(config, record, fingerprint, resume)
+    streams = map(distribute.shard_by_data, training_streams(config, sets.seen, start_epoch))
+    log.info("training %s on %d %s images for %d epochs", model.name,
+             len(sets.seen.train_labels), config.dataset_name, config.epochs)
+    if not chief:
+        _fit(config, model, streams, start_epoch, steps,
+             [checkpoint.StopOnNonFiniteLoss(config.run_dir)])
+        return RunResult(config.run_dir, config.tensorboard_dir, {}, model, chief=False)
+    metrics_writer = tf.summary.create_file_writer(str(config.tensorboard_dir / METRICS_RUN))
+    seconds_per_epoch = _fit(config, model, streams, start_epoch, steps, _callbacks(
+        config, models.embedding_of(model), shown, sets, metrics_writer, start_epoch))
+    return _finish(config, record or config, model, data, sets, seconds_per_epoch,
+                   metrics_writer)
 
+
+def _steps_per_epoch(config: TrainConfig, seen: Split) -> int:
+    from keras_siamese.streams import steps_per_epoch
+
+    return steps_per_epoch(len(seen.train_labels), config.training_batch_size)
+
+
+def _model(config: TrainConfig, strategy, saved: Path | None, start_epoch: int, net: NetSpec,
+           steps: int) -> keras.Model:
+    """The compiled model: fresh from the run's seed, or as the checkpoint ``saved`` left
+    it (weights, optimiser state, step count), with its variables on every replica."""
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()  # bit-identical CPU runs for one seed
-    with strategy.scope():  # the model's variables live on every replica
-        if resume:
-            model = checkpoint.load_checkpoint(saved)  # weights, optimiser state, step count
-            log.info("resuming %s after epoch %d of %d", run_dir, start_epoch, config.epochs)
-        else:
-            model = compiled_model(config, x_train.shape[1:], float(x_train.mean()),
-                                   float(x_train.std()), data.num_classes, steps)
-    _check_training_memory(config, model, data)
-    if chief:
-        if resume:
-            log_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            create_run_folders([run_dir, log_dir])
-            write_text(run_dir / "config.json", (record or config).to_json(fingerprint))
-    embedding = models.embedding_of(model)
-    train, validation = map(distribute.shard_by_data,
-                            training_streams(config, sets.seen, start_epoch))
-    log.info("training %s on %d %s images for %d epochs", model.name, len(y_train),
-             config.dataset_name, config.epochs)
+    with strategy.scope():
+        if saved is None:
+            return compiled_model(config, net, steps)
+        log.info("resuming %s after epoch %d of %d", config.run_dir, start_epoch, config.epochs)
+        return checkpoint.load_checkpoint(saved)
 
-    metrics_writer = tf.summary.create_file_writer(str(log_dir / METRICS_RUN)) if chief else None
-    callbacks = (_callbacks(config, embedding, shown, sets, metrics_writer, start_epoch)
-                 if chief else [checkpoint.StopOnNonFiniteLoss(run_dir)])
+
+def _create_folders(config: TrainConfig, record: TrainConfig | None, fingerprint: dict,
+                    resume: bool) -> None:
+    """The run folder with its ``config.json`` and the TensorBoard folder (a resumed run
+    has its run folder already)."""
+    if resume:
+        config.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+        return
+    create_run_folders([config.run_dir, config.tensorboard_dir])
+    run_folder.write_config(config.run_dir, record or config, fingerprint)
+
+
+def _fit(config: TrainConfig, model: keras.Model, streams, start_epoch: int, steps: int,
+         callbacks: list) -> float | None:
+    """Train on ``streams`` (training, validation) from ``start_epoch`` to the last epoch;
+    returns the seconds per epoch (None when no epoch was left to train)."""
+    train, validation = streams
     started = time.perf_counter()
     try:
         model.fit(
@@ -359,86 +306,65 @@ def _train(config: TrainConfig, strategy, resume: bool, chief: bool = True,
             callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
         )
     except tf.errors.OpError as error:
-        if "space left" in error.message:  # TensorBoard's writers on a full disk
-            raise OutputError(f"cannot write the TensorBoard logs in {log_dir}: No space "
-                              "left on device") from None
-        if not isinstance(error, tf.errors.ResourceExhaustedError):
+        explained = _training_error(error, config, model)
+        if explained is None:
             raise
-        height, width, _ = x_train.shape[1:]
-        raise OutOfMemoryError(f"out of memory training {config.training_batch_size} "
-                               f"examples of {height}x{width} images per step: lower "
-                               "--batch-size or --image-size") from None
-    if not chief:
-        return RunResult(run_dir, log_dir, {}, model, chief=False)
+        raise explained from error
     trained = config.epochs - start_epoch
-    seconds_per_epoch = (time.perf_counter() - started) / trained if trained else None
+    return (time.perf_counter() - started) / trained if trained else None
 
-    with atomic_path(run_dir / "model.keras") as tmp:
+
+def _training_error(error: tf.errors.OpError, config: TrainConfig,
+                    model: keras.Model) -> SiameseError | None:
+    """What a TensorFlow failure during ``fit`` means for the user, if we know."""
+    if "space left" in error.message:  # TensorBoard's writers on a full disk
+        return OutputError(f"cannot write the TensorBoard logs in {config.tensorboard_dir}: "
+                           "No space left on device")
+    if not isinstance(error, tf.errors.ResourceExhaustedError):
+        return None
+    height, width, _ = model.inputs[0].shape[1:]
+    return OutOfMemoryError(f"out of memory training {config.training_batch_size} examples "
+                            f"of {height}x{width} images per step: lower --batch-size or "
+                            "--image-size")
+
+
+def _finish(config: TrainConfig, record: TrainConfig, model: keras.Model, data,
+            sets: EvaluationSets, seconds_per_epoch: float | None,
+            metrics_writer) -> RunResult:
+    """Save, export and score the trained model, draw its pictures, drop the checkpoint."""
+    run_dir = config.run_dir
+    with atomic_path(run_dir / run_folder.MODEL) as tmp:
         model.save(tmp)
     if config.strategy != "default":
         # Export and scoring need no replicas: work on a plain copy of the trained model.
-        model = checkpoint.load_checkpoint(run_dir / "model.keras")
-        embedding = models.embedding_of(model)
+        model = checkpoint.load_checkpoint(run_dir / run_folder.MODEL)
+    embedding = models.embedding_of(model)
     if config.export:
-        export.export_saved_model(model, run_dir / export.SAVED_MODEL,
-                                  origin=(record or config).run_dir.absolute())
-    metrics = evaluation.evaluate(embedding, sets)
-    evaluation.log_scalars(metrics_writer, metrics, config.epochs)
+        export.export_saved_model(model, run_dir / run_folder.SAVED_MODEL,
+                                  origin=record.run_dir.absolute())
+    metrics = evaluate(embedding, sets)
+    log_scalars(metrics_writer, metrics, config.epochs)
     metrics_writer.close()
     metrics["seconds_per_epoch"] = seconds_per_epoch
-    write_json(run_dir / "metrics.json", evaluation.to_json(metrics))
+    run_folder.write_metrics(run_dir / run_folder.METRICS, metrics)
     scatter_embeddings(
         models.embed_images(embedding, data.x_test), data.y_test, data.class_names,
         f"{config.name}: test embeddings after {config.epochs} epochs "
         f"(P@1 {metrics['precision_at_1']:.4f})",
-        run_dir / "embedding.png",
+        run_dir / run_folder.EMBEDDING_PLOT,
     )
-    if config.loss == "vae":
-        vae_figures(model, embedding, data, run_dir)
+    if config.model_variant.figures is not None:
+        config.model_variant.figures(model, embedding, data, run_dir)
     # Finished: model.keras holds the final state, the checkpoint is no longer needed.
     shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)
-    return RunResult(run_dir, log_dir, metrics, model)
+    return RunResult(run_dir, config.tensorboard_dir, metrics, model)
 
 
-def load_run_data(config: TrainConfig):
-    """The data a run trains and is scored on, read as its settings say: the training
-    images it does not use (outside its ``--limit`` subset) are dropped before the rest is
-    resized to ``--image-size``, once the memory for it is known to be there. ConfigError
-    where the images cannot work with its model."""
-    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.test_split,
-                        resize=False)
-    data = evaluation.used_images(data, config.holdout_classes, config.limit, config.seed)
-    height, width, channels = data.x_train.shape[1:]
-    if config.image_size is not None:
-        height = width = config.image_size
-    count = len(data.y_train) + len(data.y_test)
-    memory.require(memory.image_bytes(count, height, width, channels),
-                   f"holding {count} images of {height}x{width}x{channels}",
-                   "lower --image-size or --limit")
-    data = resize_dataset(data, config.image_size)
-    if config.loss == "vae" and (height % 4 or width % 4):
-        raise ConfigError(f"the VAE's decoder needs image sides that are multiples of 4; "
-                          f"{config.dataset} has {height}x{width}: pass --image-size")
-    return data
-
-
-def _check_training_memory(config: TrainConfig, model: keras.Model, data) -> None:
+def _check_training_memory(config: TrainConfig, model: keras.Model) -> None:
     """OutOfMemoryError before training when a step would not fit (see :mod:`memory`)."""
-    images = config.training_batch_size * len(model.inputs) * (2 if config.loss == "vae" else 1)
-    height, width, _ = data.x_train.shape[1:]
+    images = (config.training_batch_size * len(model.inputs) *
+              config.model_variant.activations_per_image)
+    height, width, _ = model.inputs[0].shape[1:]
     memory.require(memory.training_bytes(models.embedding_of(model), images),
                    f"training {config.training_batch_size} examples of {height}x{width} "
                    "images per step", "lower --batch-size or --image-size")
-
-
-def vae_figures(model: keras.Model, embedding: keras.Model, data, run_dir: Path) -> None:
-    """``manifold.png``: images decoded over the latent plane where the test means lie
-    (2-D latents only); ``reconstructions.png``: test images above their reconstructions."""
-    decoder = model.get_layer("decoder")
-    if embedding.output.shape[-1] == 2:
-        means = models.embed_images(embedding, data.x_test)
-        low, high = np.percentile(means, [1, 99], axis=0)
-        manifold_image(decoder, ((low[0], high[0]), (low[1], high[1])), run_dir / "manifold.png")
-    shown = data.x_test[:12].astype("float32")
-    reconstruction_strip(shown, decoder(embedding(shown, training=False)).numpy(),
-                         run_dir / "reconstructions.png")

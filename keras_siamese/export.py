@@ -34,11 +34,10 @@ import tensorflow as tf
 
 from keras_siamese import models
 from keras_siamese.errors import ConfigError, OutputError
-from keras_siamese.evaluation import load_run_model
 from keras_siamese.outputs import is_inside, replace_folder
+from keras_siamese.run_folder import SAVED_MODEL, load_model
 from keras_siamese.run_lock import RunLock
 
-SAVED_MODEL = "saved_model"  # the export's folder name inside a run folder
 ORIGIN = Path("assets.extra") / "keras_siamese.json"  # which run an export came from
 
 
@@ -106,7 +105,7 @@ def export_saved_model(model: keras.Model, path, origin=None) -> Path:
         replace_folder(tmp, path)
     except (OSError, tf.errors.OpError) as error:  # TensorFlow reports a full disk its way
         message = getattr(error, "strerror", None) or getattr(error, "message", None) or error
-        raise OutputError(f"cannot write the SavedModel to {path}: {message}") from None
+        raise OutputError(f"cannot write the SavedModel to {path}: {message}") from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -144,4 +143,4 @@ def export_run(run_dir, out=None, overwrite: bool = False) -> Path:
     target = check_export_target(run_dir, out if out is not None else
                                  Path(run_dir) / SAVED_MODEL, overwrite)
     with RunLock(run_dir, "exporting", writes=target.parent == Path(run_dir).absolute()):
-        return export_saved_model(load_run_model(run_dir), target, Path(run_dir).absolute())
+        return export_saved_model(load_model(run_dir), target, Path(run_dir).absolute())

@@ -73,7 +73,7 @@ def read_image(path, height: int, width: int, channels: int) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"{shown(path)}: cannot read this file "
-                        f"({error.strerror or error})") from None
+                        f"({error.strerror or error})") from error
     try:
         with Image.open(io.BytesIO(data)) as image:
             _check_mode(image, path)
@@ -85,10 +85,10 @@ def read_image(path, height: int, width: int, channels: int) -> np.ndarray:
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
-    except Image.DecompressionBombError:
-        raise DataError(_too_large(path)) from None
+    except Image.DecompressionBombError as error:
+        raise DataError(_too_large(path)) from error
     except DECODE_ERRORS as error:
-        raise DataError(f"{shown(path)}: cannot read this image ({_reason(error)})") from None
+        raise DataError(f"{shown(path)}: cannot read this image ({_reason(error)})") from error
     return pixels.reshape(height, width, channels)
 
 
@@ -141,7 +141,7 @@ def _sixteen_bit_colour_png(data: bytes):
     try:
         pixels = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
     except tf.errors.OpError as error:
-        raise OSError(error.message.splitlines()[0]) from None
+        raise OSError(error.message.splitlines()[0]) from error
     colour = pixels.shape[-1] >= 3
     pixels = _scale_16_bit(pixels[..., :3] if colour else pixels[..., 0])
     return Image.fromarray(pixels, "RGB" if colour else "L")
@@ -190,6 +190,15 @@ def _claimed_size(path) -> tuple[int, int] | None:
     return None
 
 
+def _listed(folder: Path, keep, failure: str) -> list[Path]:
+    """The entries of ``folder`` that ``keep`` accepts, hidden ones left out, sorted;
+    DataError ``failure (reason)`` when the folder cannot be listed."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and keep(p))
+    except OSError as error:
+        raise DataError(f"{failure} ({error.strerror})") from error
+
+
 def list_class_folders(root) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
     """``(files, labels, class_names)`` of the class-folder dataset at ``root``; files are
     sorted by class, then by name. Class names are the folders' :func:`display_name` (the
@@ -198,11 +207,8 @@ def list_class_folders(root) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
     if not root.is_dir():
         raise DataError(f"--dataset {shown(root)}: no such folder (give a folder with one "
                         "sub-folder of images per class)")
-    try:
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError as error:
-        raise DataError(f"--dataset {shown(root)}: cannot list this folder "
-                        f"({error.strerror})") from None
+    folders = _listed(root, lambda p: p.is_dir(), f"--dataset {shown(root)}: cannot list "
+                      "this folder")
     if not folders:
         raise DataError(f"--dataset {shown(root)}: no class sub-folders (put each class's "
                         "images in a sub-folder named after the class)")
@@ -214,12 +220,8 @@ def list_class_folders(root) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
                             f"{os.fsencode(seen[name])!r} and {os.fsencode(folder.name)!r} "
                             f"both show as '{name}'; rename one")
         seen[name] = folder.name
-        try:
-            images = sorted(p for p in folder.iterdir() if p.is_file()
-                            and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-        except OSError as error:
-            raise DataError(f"--dataset {shown(root)}: cannot list class folder '{name}' "
-                            f"({error.strerror})") from None
+        images = _listed(folder, lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES,
+                         f"--dataset {shown(root)}: cannot list class folder '{name}'")
         if not images:
             raise DataError(f"--dataset {shown(root)}: class folder '{name}' has no PNG or "
                             "JPEG images")
@@ -251,11 +253,11 @@ def image_format(files, image_size: int | None, default_size: int) -> tuple[int,
                 sizes.add(image.size)
                 gray = gray and (colour_type in PNG_GRAY_TYPES if depth is not None
                                  else image.mode in GRAY_MODES)
-        except Image.DecompressionBombError:
-            raise DataError(_too_large(path)) from None
+        except Image.DecompressionBombError as error:
+            raise DataError(_too_large(path)) from error
         except DECODE_ERRORS as error:
             raise DataError(f"{shown(path)}: cannot read this image "
-                            f"({_reason(error)})") from None
+                            f"({_reason(error)})") from error
     channels = 1 if gray else 3
     if image_size is not None:
         return image_size, image_size, channels

@@ -112,7 +112,7 @@ class LatentHistory:
                            str(npz["title"]), npz["epochs"].tolist(), npz["losses"].tolist(),
                            list(npz["embeddings"]))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            raise DataError(f"cannot read {path}: {error}") from None
+            raise DataError(f"cannot read {path}: {error}") from error
 
 
 def frame_path(run_dir, epoch: int) -> Path:

@@ -116,7 +116,7 @@ def online_triplet_loss(labels, embeddings, margin: float = 1.0, mining_rule="ba
         labels: (B,) or (B, 1) class labels of the batch.
         embeddings: (B, D).
         margin: as in :func:`triplet_loss` (squared units).
-        mining_rule: one of ``mining.TRIPLET_MINING``.
+        mining_rule: one of ``mining.TRIPLET_MINERS``.
 
     Returns:
         The batch's loss, a scalar.
@@ -137,13 +137,25 @@ def online_contrastive_loss(labels, embeddings, margin: float = 1.0):
     ``L = mean over the selected pairs of  y d^2 / 2 + (1 - y) max(0, margin - d)^2 / 2``
 
     with ``d = sqrt(max(d2, eps))`` as everywhere (finite gradients) and ``y = 1`` for a
-    positive pair. ``L = 0`` when nothing is selected.
+    positive pair: :func:`contrastive_loss` on the batch's distance matrix. The positive
+    pairs' terms (pulls) and the negative pairs' (pushes) are summed apart, then added.
+    ``L = 0`` when nothing is selected.
+
+    Args:
+        labels: (B,) or (B, 1) class labels of the batch.
+        embeddings: (B, D).
+        margin: as in :func:`contrastive_loss`.
+
+    Returns:
+        The batch's loss, a scalar.
     """
     d2 = mining.squared_distances(embeddings)
     positive, negative = mining.hard_negative_pairs(tf.reshape(labels, (-1,)), d2)
     d = tf.sqrt(tf.maximum(d2, EPSILON))
-    pulls = tf.where(positive, 0.5 * tf.square(d), 0.0)
-    pushes = tf.where(negative, 0.5 * tf.square(tf.maximum(margin - d, 0.0)), 0.0)
+    # y is 0 or 1, so each pair's term is exactly its pull or its push.
+    pairs = tf.reshape(contrastive_loss(tf.cast(positive, tf.float32), d, margin), tf.shape(d))
+    pulls = tf.where(positive, pairs, 0.0)
+    pushes = tf.where(negative, pairs, 0.0)
     count = tf.reduce_sum(tf.cast(positive, tf.float32) + tf.cast(negative, tf.float32))
     return tf.math.divide_no_nan(tf.reduce_sum(pulls) + tf.reduce_sum(pushes), count)
 
@@ -151,19 +163,47 @@ def online_contrastive_loss(labels, embeddings, margin: float = 1.0):
 def _per_example(batch_loss, embeddings):
     """The batch's loss once per example. Keras reduces per-example losses to their mean
     and then divides it by the number of ``tf.distribute`` replicas (their gradients are
-    summed); a scalar would skip that division and count every replica's loss in full."""
+    summed); a scalar would skip that division and count every replica's loss in full.
+    The copies are not per-example losses: hence :class:`_BatchLoss`."""
     return tf.fill(tf.shape(embeddings)[:1], batch_loss)
 
 
+class _BatchLoss(keras.losses.Loss):
+    """A loss that is one mean over the pairs or triplets mined from the WHOLE batch, not a
+    mean of per-example losses: it refuses a ``reduction`` other than the mean and any
+    ``sample_weight``, which would scale or weight copies of one number, not examples."""
+
+    _over = "pairs or triplets"
+
+    def __init__(self, reduction="sum_over_batch_size", **kwargs):
+        if reduction != "sum_over_batch_size":
+            raise ValueError(
+                f"{type(self).__name__} takes only reduction='sum_over_batch_size', not "
+                f"{reduction!r}: the loss is one mean over the {self._over} mined from the "
+                "whole batch, not a loss per example that could be summed or left unreduced")
+        super().__init__(reduction=reduction, **kwargs)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes no sample_weight (nor class_weight): the loss "
+                f"is one mean over the {self._over} mined from the whole batch, with no "
+                "loss per example to weight")
+        return super().__call__(y_true, y_pred)
+
+
 @keras.saving.register_keras_serializable(package="keras_siamese")
-class OnlineTripletLoss(keras.losses.Loss):
+class OnlineTripletLoss(_BatchLoss):
     """Triplet loss over mined triplets of a batch (see :func:`online_triplet_loss`);
-    ``y_true`` the labels, ``y_pred`` the embeddings."""
+    ``y_true`` the labels, ``y_pred`` the embeddings. One mean over the batch's triplets:
+    no other ``reduction``, no ``sample_weight`` (see :class:`_BatchLoss`)."""
+
+    _over = "triplets"
 
     def __init__(self, margin: float = 1.0, mining_rule: str = "batch-hard",
                  reduction="sum_over_batch_size", name="online_triplet_loss", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if mining_rule not in mining.TRIPLET_MINING:
+        if mining_rule not in mining.TRIPLET_MINERS:
             raise ValueError(f"unknown triplet mining {mining_rule!r}")
         self.margin = margin
         self.mining_rule = mining_rule
@@ -177,9 +217,13 @@ class OnlineTripletLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_siamese")
-class OnlineContrastiveLoss(keras.losses.Loss):
+class OnlineContrastiveLoss(_BatchLoss):
     """Contrastive loss over the positive and hard negative pairs of a batch (see
-    :func:`online_contrastive_loss`); ``y_true`` the labels, ``y_pred`` the embeddings."""
+    :func:`online_contrastive_loss`); ``y_true`` the labels, ``y_pred`` the embeddings.
+    One mean over the batch's pairs: no other ``reduction``, no ``sample_weight`` (see
+    :class:`_BatchLoss`)."""
+
+    _over = "pairs"
 
     def __init__(self, margin: float = 1.0, reduction="sum_over_batch_size",
                  name="online_contrastive_loss", dtype=None):

@@ -1,24 +1,23 @@
 """Standard metrics of an embedding: pure functions of numpy embeddings and labels.
 
 - retrieval of test queries against training references: :func:`precision_at_1`,
-  :func:`knn_accuracy`, on top of :func:`nearest_neighbours`;
+  :func:`knn_accuracy`;
 - leave-one-out retrieval within one set: :func:`r_precision`, :func:`map_at_r`, as defined
   by Musgrave, Belongie, Lim 2020, "A Metric Learning Reality Check";
-- verification of labelled pairs: :func:`pair_distances`, :func:`roc_auc`,
+- verification of labelled :class:`Pairs`: :func:`pair_distances`, :func:`roc_auc`,
   :func:`best_threshold`, :func:`accuracy_at_threshold`;
 - N-way one-shot classification (Koch 2015): :func:`one_shot_episodes`,
   :func:`n_way_one_shot_accuracy`;
 
 and :func:`embedding_metrics` computes them all at once into a flat dict.
 
-Pair label convention: ``same = 1`` means the two items show the SAME class, ``0``
-DIFFERENT classes; a smaller distance means "more likely the same class".
+Pair label convention (:class:`Pairs`): ``same = 1`` means the two items show the SAME
+class, ``0`` DIFFERENT classes; a smaller distance means "more likely the same class".
 
-Nearest neighbours are ranked by the squared Euclidean distance computed exactly (in
-float64, from coordinate differences); equal distances are ranked by the lowest
-reference index. :func:`nearest_neighbours` explains how this stays fast. Queries are
-handled ``chunk_size`` at a time, so memory holds ``chunk_size x len(references)``
-float64 scores at a time, however many queries there are.
+The retrieval metrics search neighbours with :mod:`keras_siamese.neighbours`, the one
+module of the metric code that uses TensorFlow: the ranking is exact (squared Euclidean
+distances in float64, equal distances ranked by the lowest index), and a ``chunk_size``
+argument bounds memory to ``chunk_size x len(references)`` float64 scores at a time.
 """
 
 from __future__ import annotations
@@ -27,23 +26,22 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
 
-_BLOCK = 64  # references per block in _largest's two-stage top-k
-
-# ``(2D + 8) * _ROUNDING * (|q| + max |r|)^2`` bounds, per query, the rounding error of
-# the matrix-product scores plus that of the exact float64 distances: at most
-# (2D + 1) + (D + 3) units of 2^-53, so the bound has room to spare.
-_ROUNDING = 2.0 ** -52
+from keras_siamese.neighbours import (as_embeddings, nearest_neighbours,
+                                      neighbour_chunks, squared_distances)
 
 
-def _embeddings(x, name: str) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (examples, dimensions), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contain NaN or infinite values (did training diverge?)")
-    return x
+class Pairs(NamedTuple):
+    """Labelled pairs of items, as indices into one set of embeddings.
+
+    Pair ``i`` is items ``first[i]`` and ``second[i]``; ``same[i]`` is 1 when they show the
+    same class, 0 when different classes. E.g. the ``(first, second, same)`` of
+    ``streams.sample_pairs``, as numpy arrays.
+    """
+
+    first: np.ndarray
+    second: np.ndarray
+    same: np.ndarray
 
 
 def _labels(y, n: int, name: str) -> np.ndarray:
@@ -51,188 +49,6 @@ def _labels(y, n: int, name: str) -> np.ndarray:
     if y.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
     return y
-
-
-def _squared_distances(a, b):
-    """Exact ``|a - b|^2`` along the last axis, for broadcastable (..., D) arrays.
-
-    Sums dimension by dimension in a fixed order, so identical points always get
-    bit-identical distances (a matrix product does not guarantee that).
-    """
-    a, b = np.asarray(a), np.asarray(b)
-    total = np.zeros(np.broadcast_shapes(a.shape, b.shape)[:-1])
-    for j in range(a.shape[-1]):
-        total += np.square(a[..., j] - b[..., j])
-    return total
-
-
-def _largest(scores, k: int):
-    """Values and columns (numpy) of the k largest scores per row, largest first.
-
-    Equal scores come in no particular order: :func:`_neighbour_chunks` never trusts the
-    order of scores closer than the rounding bound, let alone equal ones.
-
-    For small k, rows are cut into blocks of ``_BLOCK`` columns (the width is a multiple
-    of it): the k blocks with the largest maxima hold the k largest scores, as those k
-    maxima are at least as large as every score of any other block. So a max per block
-    plus a top-k of ``k * _BLOCK`` candidates replaces a top-k of the whole row. For large
-    k, a linear-time partial sort (``np.argpartition``) beats ``tf.math.top_k``, which
-    slows down as k grows.
-    """
-    n, width = scores.shape
-    if k * _BLOCK * 4 <= width:
-        blocks = tf.reshape(scores, (n, width // _BLOCK, _BLOCK))
-        _, best = tf.math.top_k(tf.reduce_max(blocks, axis=2), k)
-        candidates = tf.reshape(tf.gather(blocks, best, batch_dims=1), (n, k * _BLOCK))
-        values, position = tf.math.top_k(candidates, k)
-        columns = tf.gather(best, position // _BLOCK, batch_dims=1) * _BLOCK + \
-            position % _BLOCK
-        return values.numpy(), columns.numpy()
-    scores = scores.numpy()
-    rows = np.arange(n)[:, None]
-    columns = np.argpartition(scores, width - k, axis=1)[:, width - k:]
-    values = scores[rows, columns]
-    order = np.argsort(-values, axis=1)
-    return values[rows, order], columns[rows, order]
-
-
-class _Groups(NamedTuple):
-    """The distinct rows of an array and which rows repeat each of them.
-
-    Distinct row ``g`` is ``vectors[g]``; the rows equal to it are
-    ``members[start[g] : start[g] + count[g]]``, in ascending order.
-    """
-
-    vectors: np.ndarray
-    members: np.ndarray
-    start: np.ndarray
-    count: np.ndarray
-
-
-def _groups(x) -> _Groups:
-    x = x + 0.0  # -0.0 becomes 0.0: one vector, one group
-    rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.itemsize * x.shape[1]))).ravel()
-    _, first, inverse, count = np.unique(rows, return_index=True, return_inverse=True,
-                                         return_counts=True)
-    members = np.argsort(inverse.reshape(-1), kind="stable")
-    return _Groups(x[first], members, np.r_[0, np.cumsum(count)[:-1]], count)
-
-
-def _members(groups: _Groups, chosen, take):
-    """Concatenated first ``take[j]`` members of each group ``chosen[j]`` (flat arrays)."""
-    chosen, take = chosen[take > 0], take[take > 0]  # padding columns are never taken
-    total = int(take.sum())
-    first = np.repeat(groups.start[chosen] - (np.cumsum(take) - take), take)
-    return groups.members[first + np.arange(total)]
-
-
-def _neighbour_chunks(queries, references, k, skip, chunk_size: int):
-    """Yield ``(start, neighbours)`` per chunk of queries; see :func:`nearest_neighbours`.
-
-    ``k`` is one int per query; ``neighbours`` has ``max(k)`` columns over the chunk and
-    row ``i`` holds the exact ``k[i]`` nearest first (later columns are filler). ``skip``
-    (one reference index per query, or None) is a reference that query ``i`` never
-    returns: itself, when queries and references are one set.
-    """
-    dims = references.shape[1]
-    # Identical references get one score and one exact distance: a collapsed model (many
-    # images on one point) then costs no more than a healthy one.
-    groups = _groups(references)
-    distinct = len(groups.vectors)
-    norms2 = np.sum(np.square(groups.vectors), axis=1)
-    # One matrix product gives every score ``2 q.r - |r|^2 = |q|^2 - |q - r|^2`` (larger
-    # = nearer). Padding vectors score -inf, so the width is a multiple of _BLOCK.
-    width = -(-distinct // _BLOCK) * _BLOCK
-    augmented = np.zeros((width, dims + 1))
-    augmented[:distinct, :dims] = groups.vectors
-    augmented[:distinct, dims] = norms2
-    augmented[distinct:, dims] = np.inf
-    augmented = tf.constant(augmented)
-    count = np.r_[groups.count, np.zeros(width - distinct, np.int64)]
-    max_norm = math.sqrt(norms2.max())
-    for start in range(0, len(queries), chunk_size):
-        q = queries[start:start + chunk_size]
-        n = len(q)
-        need = k[start:start + chunk_size] + (skip is not None)  # a query may find itself
-        scores = tf.matmul(tf.constant(np.hstack([2.0 * q, -np.ones((n, 1))])), augmented,
-                           transpose_b=True)
-        top = min(int(need.max()) + 1, width)
-        values, chosen = _largest(scores, top)  # distinct vectors, nearest first
-        values = np.hstack([values, np.full((n, 1), -np.inf)])
-        covered = np.cumsum(count[chosen], axis=1)  # references in the first j+1 vectors
-        last = np.sum(covered < need[:, None], axis=1)  # the last vector needed per row
-        # Why not trust the product: its rounding can swap distances that tie or nearly
-        # tie. Where the scores of the vectors needed, and of the next one, are spaced more
-        # than twice the rounding bound apart, their order is provably exact; members of one
-        # vector tie exactly and rank by index. Other rows are ranked again below.
-        error = (2 * dims + 8) * _ROUNDING * (np.linalg.norm(q, axis=1) + max_norm) ** 2
-        with np.errstate(invalid="ignore"):  # -inf - -inf beyond the padding: not needed
-            gaps = values[:, :-1] - values[:, 1:]
-        unsure = np.any((gaps <= 2 * error[:, None]) & (np.arange(top) <= last[:, None]),
-                        axis=1)
-        take = np.clip(need[:, None] - (covered - count[chosen]), 0, count[chosen])
-        neighbours = np.zeros((n, need.max()), np.int64)
-        rows = np.repeat(np.arange(n), need)
-        neighbours[rows, np.arange(len(rows)) - np.repeat(np.cumsum(need) - need, need)] = \
-            _members(groups, chosen.ravel(), take.ravel())
-        for i in np.flatnonzero(unsure):
-            # Every vector that could rank among the first need[i], by exact distance.
-            row = scores[i].numpy()
-            window = np.flatnonzero(row >= values[i, last[i]] - 2 * error[i])
-            exact = np.repeat(_squared_distances(q[i], groups.vectors[window]), count[window])
-            members = _members(groups, window, count[window])
-            neighbours[i, :need[i]] = members[np.lexsort((members, exact))[:need[i]]]
-        if skip is not None:  # drop the query itself, wherever it ranks
-            itself = neighbours == skip[start:start + n, None]
-            itself &= np.arange(neighbours.shape[1]) < need[:, None]
-            position = np.where(itself.any(axis=1), np.argmax(itself, axis=1), need - 1)
-            columns = np.arange(neighbours.shape[1] - 1)
-            neighbours = np.take_along_axis(
-                neighbours, columns + (columns >= position[:, None]), axis=1)
-        yield start, neighbours
-
-
-def nearest_neighbours(query_embeddings, reference_embeddings, k: int = 1,
-                       chunk_size: int = 256) -> np.ndarray:
-    """Indices of the ``k`` nearest references of each query, nearest first.
-
-    Ranked by squared Euclidean distance ``|q - r|^2`` computed in float64, with equal
-    distances ranked by the lowest reference index; this ranking is exact (equal to
-    sorting brute-force float64 distances by ``(distance, index)``).
-
-    How: identical references are merged (they tie exactly and rank by index). A float64
-    matrix product ``2 q.r - |r|^2`` scores every distinct reference; it is fast, but its
-    rounding can swap distances that tie or nearly tie. Where the scores a query needs
-    are spaced more than a rounding bound apart, their order is provably exact; any other
-    query is ranked again from exact, difference-based distances of the few references
-    that could be among its ``k`` nearest. So the cost is one matrix product, plus a
-    little for queries with ties.
-
-    Args:
-        query_embeddings: (n, D) array.
-        reference_embeddings: (m, D) array, ``m >= k``.
-        k: how many neighbours.
-        chunk_size: queries per chunk; memory holds ``chunk_size * m`` float64 values.
-
-    Returns:
-        (n, k) int64 array of reference indices.
-
-    Example:
-    >>> nearest_neighbours([[0.0], [2.9]], [[3.0], [1.0], [-1.0]], k=2).tolist()
-    [[1, 2], [0, 1]]
-    """
-    queries = _embeddings(query_embeddings, "query embeddings")
-    references = _embeddings(reference_embeddings, "reference embeddings")
-    if queries.shape[1] != references.shape[1]:
-        raise ValueError(f"queries have {queries.shape[1]} dimensions, references "
-                         f"{references.shape[1]}")
-    if not 1 <= k <= len(references):
-        raise ValueError(f"k must be between 1 and the {len(references)} references, got {k}")
-    neighbours = np.zeros((len(queries), k), np.int64)
-    for start, chunk in _neighbour_chunks(queries, references, np.full(len(queries), k),
-                                          None, chunk_size):
-        neighbours[start:start + len(chunk)] = chunk
-    return neighbours
 
 
 def _majority(neighbour_labels) -> np.ndarray:
@@ -248,8 +64,8 @@ def precision_at_1(query_embeddings, query_labels, reference_embeddings, referen
 
     ``P@1 = mean_q [ label(nearest reference of q) == label(q) ]``
 
-    The nearest reference is exact (see :func:`nearest_neighbours`); on equal distances the
-    lowest reference index wins.
+    The nearest reference is exact (see :func:`~keras_siamese.neighbours.nearest_neighbours`);
+    on equal distances the lowest reference index wins.
 
     Args:
         query_embeddings, query_labels: (n, D) and (n,), e.g. the test split.
@@ -274,8 +90,9 @@ def knn_accuracy(query_embeddings, query_labels, reference_embeddings, reference
     ``acc = mean_q [ mode(labels of the k nearest references of q) == label(q) ]``
 
     Ties, deterministically: the k nearest are exact, equal distances ranked by the lowest
-    reference index (see :func:`nearest_neighbours`); when two or more labels share the
-    most votes, the one whose nearest voter is nearest wins. ``k = 1`` is P@1.
+    reference index (see :func:`~keras_siamese.neighbours.nearest_neighbours`); when two or
+    more labels share the most votes, the one whose nearest voter is nearest wins.
+    ``k = 1`` is P@1.
 
     Args:
         query_embeddings, query_labels: (n, D) and (n,), e.g. the test split.
@@ -305,7 +122,7 @@ def _vote_accuracy(neighbours, query_labels, reference_labels) -> float:
 
 def _leave_one_out_at_r(embeddings, labels, chunk_size: int):
     """Per query with R >= 1: (R-precision, average precision at R); see :func:`map_at_r`."""
-    embeddings = _embeddings(embeddings, "embeddings")
+    embeddings = as_embeddings(embeddings, "embeddings")
     labels = _labels(labels, len(embeddings), "labels")
     _, cls, count = np.unique(labels, return_inverse=True, return_counts=True)
     r = count[cls.reshape(-1)] - 1
@@ -316,8 +133,9 @@ def _leave_one_out_at_r(embeddings, labels, chunk_size: int):
     precision, average = np.zeros(len(queries)), np.zeros(len(queries))
     if len(queries) == 0:
         return precision, average
-    for start, neighbours in _neighbour_chunks(embeddings[queries], embeddings, r[queries],
-                                               queries, chunk_size):
+    # Each query skips itself: leave-one-out. Rows end in filler past R (masked below).
+    for start, neighbours in neighbour_chunks(embeddings[queries], embeddings, r[queries],
+                                              skip=queries, chunk_size=chunk_size):
         q = queries[start:start + len(neighbours)]
         rank = np.arange(1, neighbours.shape[1] + 1)
         relevant = (labels[neighbours] == labels[q][:, None]) & (rank <= r[q][:, None])
@@ -335,7 +153,8 @@ def r_precision(embeddings, labels, chunk_size: int = 256) -> float:
     where ``R_q`` is the number of OTHER items of the query's class, the query itself is
     never retrieved, and ``rel_q(i) = 1`` when the i-th nearest other item has the query's
     class. Queries whose class has no other member (``R_q = 0``) are left out. Ranking as
-    in :func:`nearest_neighbours`: exact distances, equal distances by lowest index.
+    in :func:`~keras_siamese.neighbours.nearest_neighbours`: exact distances, equal
+    distances by lowest index.
 
     Args:
         embeddings: (n, D), e.g. the test split.
@@ -398,9 +217,9 @@ def pair_distances(embeddings, first, second) -> np.ndarray:
     >>> pair_distances([[0.0, 0.0], [3.0, 4.0]], [0, 1], [1, 1]).tolist()
     [5.0, 0.0]
     """
-    embeddings = _embeddings(embeddings, "embeddings")
+    embeddings = as_embeddings(embeddings, "embeddings")
     a, b = embeddings[np.asarray(first)], embeddings[np.asarray(second)]
-    return np.sqrt(_squared_distances(a, b))
+    return np.sqrt(squared_distances(a, b))
 
 
 def _pairs(distances, same):
@@ -584,17 +403,16 @@ def n_way_one_shot_accuracy(embeddings, labels, n_way: int = 5, episodes: int = 
     ...                         episodes=10)
     1.0
     """
-    embeddings = _embeddings(embeddings, "embeddings")
+    embeddings = as_embeddings(embeddings, "embeddings")
     _labels(labels, len(embeddings), "labels")
     supports, queries, answers = one_shot_episodes(labels, n_way, episodes, seed)
-    distances = _squared_distances(embeddings[supports], embeddings[queries][:, None, :])
+    distances = squared_distances(embeddings[supports], embeddings[queries][:, None, :])
     return float(np.mean(np.argmin(distances, axis=1) == answers))  # argmin: first of ties
 
 
 def embedding_metrics(train_embeddings, train_labels, test_embeddings, test_labels,
-                      pair_first, pair_second, pair_same, train_pairs, *, k: int = 5,
-                      n_ways=(5, 10), episodes: int = 1000, seed: int = 0,
-                      chunk_size: int = 256) -> dict:
+                      test_pairs: Pairs, train_pairs: Pairs, *, k: int = 5, n_ways=(5, 10),
+                      episodes: int = 1000, seed: int = 0, chunk_size: int = 256) -> dict:
     """All metrics of one embedding, as a flat dict of floats.
 
     - ``precision_at_1``, ``knn_accuracy`` (k voters): test queries against training
@@ -609,32 +427,34 @@ def embedding_metrics(train_embeddings, train_labels, test_embeddings, test_labe
     Args:
         train_embeddings, train_labels: (m, D), (m,).
         test_embeddings, test_labels: (n, D), (n,).
-        pair_first, pair_second, pair_same: test pairs, indices into the test set and
-            ``same`` = 1 for same class, 0 for different (e.g. ``streams.sample_pairs``).
-        train_pairs: ``(first, second, same)`` likewise into the training set.
+        test_pairs: :class:`Pairs` of the test set (``same`` = 1 for same class, 0 for
+            different), e.g. of ``streams.sample_pairs``.
+        train_pairs: :class:`Pairs` of the training set.
         k: voters of ``knn_accuracy``.
         n_ways: the N of the one-shot accuracies reported.
         episodes, seed: of the one-shot episodes.
         chunk_size: queries per chunk (memory ``chunk_size * m`` float64 values).
     """
-    train_embeddings = _embeddings(train_embeddings, "training embeddings")
-    test_embeddings = _embeddings(test_embeddings, "test embeddings")
+    train_embeddings = as_embeddings(train_embeddings, "training embeddings")
+    test_embeddings = as_embeddings(test_embeddings, "test embeddings")
     train_labels = _labels(train_labels, len(train_embeddings), "training labels")
     test_labels = _labels(test_labels, len(test_embeddings), "test labels")
     # One neighbour search serves both P@1 (the first column) and the k-NN vote.
     neighbours = nearest_neighbours(test_embeddings, train_embeddings, k, chunk_size)
     r_precisions, averages = _leave_one_out_at_r(test_embeddings, test_labels, chunk_size)
-    test_distances = pair_distances(test_embeddings, pair_first, pair_second)
-    train_first, train_second, train_same = train_pairs
-    threshold = best_threshold(pair_distances(train_embeddings, train_first, train_second),
-                               train_same)
+    test_pairs, train_pairs = Pairs(*test_pairs), Pairs(*train_pairs)  # plain 3-tuples work too
+    test_distances = pair_distances(test_embeddings, test_pairs.first, test_pairs.second)
+    threshold = best_threshold(
+        pair_distances(train_embeddings, train_pairs.first, train_pairs.second),
+        train_pairs.same)
     metrics = {
         "precision_at_1": _vote_accuracy(neighbours[:, :1], test_labels, train_labels),
         "knn_accuracy": _vote_accuracy(neighbours, test_labels, train_labels),
         "r_precision": _mean(r_precisions),
         "map_at_r": _mean(averages),
-        "roc_auc": roc_auc(test_distances, pair_same),
-        "verification_accuracy": accuracy_at_threshold(test_distances, pair_same, threshold),
+        "roc_auc": roc_auc(test_distances, test_pairs.same),
+        "verification_accuracy": accuracy_at_threshold(test_distances, test_pairs.same,
+                                                       threshold),
         "threshold": threshold,
     }
     _, count = np.unique(test_labels, return_counts=True)

@@ -25,10 +25,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-TRIPLET_MINING = ("batch-all", "batch-hard", "semi-hard")
-PAIR_MINING = ("hard-negative",)
-
-
 def squared_distances(embeddings) -> tf.Tensor:
     """``d2[i, j] = ||e_i - e_j||^2`` for a batch ``(B, D)``, exact zeros on the diagonal."""
     e = tf.cast(embeddings, tf.float32)
@@ -90,6 +86,8 @@ def semi_hard(labels, d2) -> tf.Tensor:
     return selected & positive[:, :, None] & has_negative[:, None, None]
 
 
+# The triplet miners by ``--mining`` name (the variant table, :mod:`keras_siamese.variants`,
+# says which loss trains with which rule).
 TRIPLET_MINERS = {"batch-all": batch_all, "batch-hard": batch_hard, "semi-hard": semi_hard}
 
 

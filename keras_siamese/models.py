@@ -1,4 +1,7 @@
-"""The shared embedding network and the four models built around ONE instance of it.
+"""The shared embedding network, the models built around ONE instance of it (the softmax
+classifier, the contrastive and the BCE Siamese twins, the triplet network and the
+online-mining model, image -> embedding), and the VAE, whose encoder is a network of the
+same architecture (its own weights) with a mean and a log-variance head.
 
 Every model takes raw pixels (float32, 0..255, shape H x W x C); normalisation is the
 embedding net's first layer, so exported models need no client-side preprocessing.
@@ -112,18 +115,25 @@ def embedding_of(model) -> keras.Model:
 _compiled_calls = weakref.WeakKeyDictionary()  # embedding model -> its inference function
 
 
+def inference_batch_size(height: int, width: int) -> int:
+    """How many images of ``height`` x ``width`` pixels one inference batch holds: as many
+    pixels as 1,024 MNIST digits (28 x 28), between 1 and 1,024 images, so activations
+    stay near 100 MB whatever the image size (1,024 images of 256 x 256 would need 8 GB
+    in the first conv layer alone). The one rule for :func:`embed_images` and for
+    ``embed.Embedder`` (which may hold a SavedModel, not a Keras model)."""
+    return max(1, min(1024, 1024 * 28 * 28 // (height * width)))
+
+
 def embed_images(embedding, images, batch_size: int | None = None) -> np.ndarray:
     """Embeddings of raw-pixel images (N, H, W, C), in order, batch by batch through one
     ``tf.function`` per model. Not ``predict``: that runs the model's distribution
     strategy, whose collective ops would wait forever for the other workers when only
-    the chief embeds. The default batch holds as many pixels as 1,024 MNIST digits, so
-    activations stay near 100 MB whatever the image size (1,024 images of 256 x 256
-    would need 8 GB in the first conv layer alone)."""
+    the chief embeds. The default batch is :func:`inference_batch_size` of the model's
+    input size."""
     import tensorflow as tf
 
     if batch_size is None:
-        height, width = embedding.input_shape[1:3]
-        batch_size = max(1, min(1024, 1024 * 28 * 28 // (height * width)))
+        batch_size = inference_batch_size(*embedding.input_shape[1:3])
 
     if embedding not in _compiled_calls:
         model = weakref.ref(embedding)  # a strong one would keep the key alive forever

@@ -24,7 +24,7 @@ def atomic_path(path):
         yield tmp
         os.replace(tmp, path)
     except OSError as error:  # name the file the user knows, not its temporary name
-        raise OSError(error.errno, error.strerror, str(path)) from None
+        raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -73,7 +73,7 @@ def check_run_folders(folders, overwrite: bool) -> None:
             probe.unlink()
         except OSError as error:
             raise OutputError(f"cannot write to {folder.parent}: {error.strerror or error}; "
-                              "choose another folder") from None
+                              "choose another folder") from error
 
 
 def create_run_folders(folders) -> None:
@@ -83,4 +83,4 @@ def create_run_folders(folders) -> None:
         try:
             folder.mkdir(parents=True)
         except OSError as error:
-            raise OutputError(f"cannot create {folder}: {error.strerror or error}") from None
+            raise OutputError(f"cannot create {folder}: {error.strerror or error}") from error

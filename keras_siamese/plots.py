@@ -1,17 +1,32 @@
-"""Scatter plots of embeddings, one fixed colour per class."""
+"""Scatter plots of embeddings, one fixed colour per class.
+
+Figures are plain ``matplotlib.figure.Figure`` objects (:func:`new_figure`), outside
+matplotlib's global state machine: they need no display and no backend, and importing
+this module leaves the user's matplotlib backend (a notebook's, say) as it was.
+``Figure.savefig`` draws a PNG with Agg whatever that backend is.
+"""
 
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.image
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from keras_siamese.outputs import atomic_path  # noqa: E402
+from keras_siamese.outputs import atomic_path
 
 # One colour per class, the same in every plot of every run.
-CLASS_COLOURS = plt.get_cmap("tab10").colors
+CLASS_COLOURS = matplotlib.colormaps["tab10"].colors
+
+
+def new_figure(figsize, dpi: int) -> Figure:
+    """A blank figure that no figure manager tracks (nothing to close, no backend chosen)."""
+    return Figure(figsize=figsize, dpi=dpi)
+
+
+def read_png(path) -> np.ndarray:
+    """An image file's pixels as ``imshow`` takes them (PNG: floats 0..1, with alpha)."""
+    return matplotlib.image.imread(path)
 
 
 def pca_basis(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +60,8 @@ def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits
     """
     points, projection = project_2d(np.asarray(embeddings))
     labels = np.asarray(labels)
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    fig = new_figure((7, 6), 100)
+    ax = fig.subplots()
     for cls, name in enumerate(class_names):
         members = labels == cls
         ax.scatter(points[members, 0], points[members, 1], s=3, alpha=0.5,
@@ -65,10 +81,9 @@ def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits
 
 
 def save_figure(fig, path) -> None:
-    """Write ``fig`` to ``path`` atomically (format from the suffix) and free it."""
+    """Write ``fig`` to ``path`` atomically (format from the suffix)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp)
-    plt.close(fig)
 
 
 def _sigmoid(logits) -> np.ndarray:
@@ -86,7 +101,8 @@ def manifold_image(decoder, limits, path, n: int = 20) -> None:
     tiles = images[..., 0] if images.shape[-1] == 1 else images
     canvas = tiles.reshape(n, n, h, w, *tiles.shape[3:]).swapaxes(1, 2).reshape(
         n * h, n * w, *tiles.shape[3:])
-    fig, ax = plt.subplots(figsize=(8, 8), dpi=100)
+    fig = new_figure((8, 8), 100)
+    ax = fig.subplots()
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1,
               extent=(*limits[0], *limits[1]), aspect="auto")
     ax.set_xlabel("z[0]")
@@ -101,7 +117,8 @@ def reconstruction_strip(images, logits, path) -> None:
     originals = np.asarray(images, np.float64) / 255.0
     decoded = _sigmoid(logits)
     count = len(originals)
-    fig, axes = plt.subplots(2, count, figsize=(1.2 * count, 2.8), dpi=100, squeeze=False)
+    fig = new_figure((1.2 * count, 2.8), 100)
+    axes = fig.subplots(2, count, squeeze=False)
     for i in range(count):
         for row, pictures in enumerate((originals, decoded)):
             ax = axes[row][i]

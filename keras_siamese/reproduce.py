@@ -18,17 +18,18 @@ retrains everything).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
 
 import keras
 
-from keras_siamese.config import DATA_FINGERPRINT, TrainConfig
-from keras_siamese.evaluation import to_json
+from keras_siamese.config import TrainConfig
+from keras_siamese.report import json_safe
+from keras_siamese.run_folder import EMBEDDING_PLOT, finished_metrics
+from keras_siamese.variants import VARIANTS
 from keras_siamese.outputs import write_json, write_text
-from keras_siamese.plots import plt, save_figure
+from keras_siamese.plots import new_figure, read_png, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +45,9 @@ PER_ROW = 5  # plots side by side in results.png
 def grid_configs(variants, datasets, **settings) -> list[TrainConfig]:
     """One TrainConfig per (dataset, variant), datasets outermost, all with ``settings``.
     A variant is a loss (``triplet``) or a loss with online mining (``triplet-batch-hard``)."""
-    configs = []
-    for dataset in datasets:
-        for variant in variants:
-            loss, _, mining = variant.partition("-")
-            configs.append(TrainConfig(loss=loss, mining=mining or "random", dataset=dataset,
-                                       **settings))
-    return configs
-
-
-def _finished(config: TrainConfig) -> dict | None:
-    """The metrics of an earlier run with exactly these settings, if it finished.
-
-    Settings added to TrainConfig after that run was made count as their defaults."""
-    defaults = json.loads(TrainConfig().to_json())
-
-    def settings(text: str) -> dict:
-        return {k: v for k, v in {**defaults, **json.loads(text)}.items()
-                if k not in ("overwrite", DATA_FINGERPRINT)}
-
-    try:
-        if settings((config.run_dir / "config.json").read_text()) != settings(config.to_json()):
-            return None
-        return json.loads((config.run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return [TrainConfig(loss=VARIANTS[variant].loss, mining=VARIANTS[variant].mining,
+                        dataset=dataset, **settings)
+            for dataset in datasets for variant in variants]
 
 
 def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> list[dict]:
@@ -77,7 +56,7 @@ def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> 
 
     rows, spent, trained = [], 0.0, 0
     for number, config in enumerate(configs, 1):
-        metrics = None if config.overwrite else _finished(config)
+        metrics = None if config.overwrite else finished_metrics(config)
         if metrics is not None:
             echo(f"[{number}/{len(configs)}] {config.name}: kept (finished earlier)")
         else:
@@ -91,7 +70,7 @@ def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> 
             spent += time.perf_counter() - started
             trained += 1
         rows.append({"loss": config.variant, "dataset": config.dataset,
-                     "run_dir": str(config.run_dir), **to_json(metrics)})
+                     "run_dir": str(config.run_dir), **json_safe(metrics)})
     write_results(rows, configs[0], Path(out_dir), command)
     return rows
 
@@ -108,14 +87,14 @@ def results_figure(rows: list[dict], path) -> None:
     # At most PER_ROW plots side by side: a dataset's runs wrap onto further rows.
     columns = min(len(losses), PER_ROW)
     wraps = -(-len(losses) // columns)
-    fig, axes = plt.subplots(len(datasets) * wraps, columns, squeeze=False,
-                             figsize=(4.2 * columns, 4.6 * len(datasets) * wraps), dpi=80)
+    fig = new_figure((4.2 * columns, 4.6 * len(datasets) * wraps), 80)
+    axes = fig.subplots(len(datasets) * wraps, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for row in rows:
         at = losses.index(row["loss"])
         ax = axes[datasets.index(row["dataset"]) * wraps + at // columns][at % columns]
-        ax.imshow(plt.imread(Path(row["run_dir"]) / "embedding.png"))
+        ax.imshow(read_png(Path(row["run_dir"]) / EMBEDDING_PLOT))
         ax.set_title(f"{row['loss']} · {row['dataset']}", fontsize=12)
         ax.text(0.5, -0.02, "   ".join(f"{label} {_value(row, key)}" for key, label in SHOWN),
                 transform=ax.transAxes, ha="center", va="top", fontsize=10)

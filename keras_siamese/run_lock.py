@@ -91,7 +91,7 @@ class RunLock:
             if not self.writes and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 return
             raise OutputError(f"cannot write to {self.path.parent}: "
-                              f"{error.strerror or error}; choose another folder") from None
+                              f"{error.strerror or error}; choose another folder") from error
         try:
             for _ in range(2):  # a second try after removing a stale lock
                 try:
@@ -102,7 +102,7 @@ class RunLock:
                     self._refuse_or_clear()
         except OSError as error:
             raise OutputError(f"cannot lock {self.run_dir}: {error.strerror or error} "
-                              f"({self.path})") from None
+                              f"({self.path})") from error
         finally:
             tmp.unlink(missing_ok=True)
         raise RunLockedError(f"cannot lock {self.run_dir}: {self.path} keeps coming back")
@@ -115,10 +115,10 @@ class RunLock:
                 raise ValueError("not a JSON object")
         except FileNotFoundError:
             return  # released meanwhile
-        except (OSError, ValueError):
+        except (OSError, ValueError) as error:
             raise RunLockedError(f"{self.run_dir} is locked by {self.path}, which cannot be "
                                  "read: if no siamese-keras command is working on this run, "
-                                 "delete that file") from None
+                                 "delete that file") from error
         here = holder.get("host") == socket.gethostname()
         if here and not _alive(holder):
             log.warning("removed the stale lock of %s (process %s is gone)", self.run_dir,

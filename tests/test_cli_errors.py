@@ -12,7 +12,7 @@ CASES = [
     (["--test-split", "1"], 2, "--test-split must be between 0 and 1"),
     (["--backbone", "vgg"], 2, "'vgg' is not one of 'small', 'resnet'"),
     (["--strategy", "tpu"], 2, "'tpu' is not one of"),
-    (["--loss", "vae", "--image-size", "30"], 2, "the VAE's decoder needs a multiple of 4"),
+    (["--loss", "vae", "--image-size", "30"], 2, "--image-size 30: --loss vae needs a multiple of 4"),
     (["--margin", "0"], 2, "margin must be > 0"),
     (["--margin", "-1"], 2, "margin must be > 0"),
     (["--epochs", "0"], 2, "epochs must be > 0"),

@@ -12,8 +12,8 @@ from helpers import CLI, error_lines
 from keras_siamese import diagrams
 from keras_siamese.errors import MissingDependencyError
 
-NAMES = ["embedding", "classifier", "siamese_contrastive", "siamese_bce", "triplet",
-         "architecture"]
+NAMES = ["embedding", "classifier", "siamese_contrastive", "siamese_bce", "triplet", "vae",
+         "online_embedding", "architecture"]
 
 
 def test_draws_every_model_and_the_overview(tmp_path):
@@ -21,15 +21,17 @@ def test_draws_every_model_and_the_overview(tmp_path):
     assert [p.name for p in paths] == [f"{name}.png" for name in NAMES]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
-    assert Image.open(paths[-1]).size == (2000, 1100)
+    assert Image.open(paths[-1]).size == (2600, 1100)
     assert not [p for p in (tmp_path / "diagrams").iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("name,branches", [("siamese_contrastive", 2), ("siamese_bce", 2),
-                                           ("triplet", 3), ("classifier", 1)])
-def test_every_branch_runs_through_one_embedding_box(name, branches):
+@pytest.mark.parametrize("name,branches,net", [
+    ("siamese_contrastive", 2, "embedding"), ("siamese_bce", 2, "embedding"),
+    ("triplet", 3, "embedding"), ("classifier", 1, "embedding"),
+    ("online_embedding", 1, "embedding"), ("vae", 1, "encoder")])
+def test_every_branch_runs_through_one_embedding_box(name, branches, net):
     dot = keras.utils.model_to_dot(diagrams.architectures()[name], show_shapes=True)
-    boxes = [node for node in dot.get_nodes() if "embedding" in (node.get("label") or "")]
+    boxes = [node for node in dot.get_nodes() if net in (node.get("label") or "")]
     assert len(boxes) == 1
     into_box = [edge for edge in dot.get_edges() if edge.get_destination() == boxes[0].get_name()]
     assert len(into_box) == branches

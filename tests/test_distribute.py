@@ -23,11 +23,11 @@ TIMEOUT = 300  # seconds a cluster may take before its processes are killed
 WORKER = """
 import json, sys
 import numpy as np
-from keras_siamese import experiment
+from keras_siamese import experiment, run_folder
 from keras_siamese.config import TrainConfig
 settings, weights = json.loads(sys.argv[1]), sys.argv[2]
 resume = settings.pop("resume", None)
-config = experiment.run_config(resume) if resume else TrainConfig(**settings)
+config = run_folder.read_config(resume)[0] if resume else TrainConfig(**settings)
 result = experiment.run(config, resume=bool(resume))
 np.savez(weights, *result.model.get_weights())
 print("chief" if result.chief else "worker", flush=True)

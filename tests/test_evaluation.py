@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import error_lines, run_cli
-from keras_siamese import evaluation
+from keras_siamese import splits
 from keras_siamese.errors import ConfigError
 
 HOLDOUT = [7, 8, 9]
@@ -15,7 +15,7 @@ METRICS = {"precision_at_1", "knn_accuracy", "r_precision", "map_at_r", "roc_auc
 
 
 def test_holdout_classes_leave_training_and_form_the_unseen_split(mnist):
-    sets = evaluation.evaluation_sets(mnist, HOLDOUT, limit=700, seed=3)
+    sets = splits.evaluation_sets(mnist, HOLDOUT, limit=700, seed=3)
     assert set(np.unique(sets.seen.train_labels)) == set(range(7))
     assert len(sets.seen.train_labels) == 700  # the limit applies to the trained classes
     assert set(np.unique(sets.seen.test_labels)) == set(range(7))
@@ -23,7 +23,7 @@ def test_holdout_classes_leave_training_and_form_the_unseen_split(mnist):
     assert set(np.unique(sets.unseen.test_labels)) == set(HOLDOUT)
     assert len(sets.seen.test_labels) + len(sets.unseen.test_labels) == len(mnist.y_test)
     assert len(sets.unseen.train_labels) == np.isin(mnist.y_train, HOLDOUT).sum()
-    assert evaluation.evaluation_sets(mnist).unseen is None
+    assert splits.evaluation_sets(mnist).unseen is None
 
 
 @pytest.mark.parametrize("classes, message", [([10], "classes are 0 to 9"),
@@ -31,7 +31,7 @@ def test_holdout_classes_leave_training_and_form_the_unseen_split(mnist):
                                               (list(range(9)), "keep at least 2")])
 def test_impossible_holdouts_are_config_errors(mnist, classes, message):
     with pytest.raises(ConfigError, match=message):
-        evaluation.check_holdout(mnist, classes)
+        splits.check_holdout(mnist, classes)
 
 
 @pytest.mark.parametrize("value", ["7,x", "10", "0,1,2,3,4,5,6,7,8"])

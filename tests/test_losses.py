@@ -5,7 +5,9 @@ import tensorflow as tf
 
 from keras_siamese.distances import euclidean_distance
 from keras_siamese.layers import EuclideanDistance, TripletDistances
-from keras_siamese.losses import ContrastiveLoss, TripletLoss, contrastive_loss, triplet_loss
+from keras_siamese.losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss,
+                                  TripletLoss, contrastive_loss, online_contrastive_loss,
+                                  triplet_loss)
 
 
 def contrastive_reference(y, d, margin):
@@ -81,3 +83,69 @@ def test_distance_has_epsilon_inside_the_root():
     a = np.zeros((1, 2), np.float32)
     assert float(euclidean_distance(a, a)[0]) == pytest.approx(np.sqrt(1e-9))
     assert float(euclidean_distance(a, a + [[3.0, 4.0]])[0]) == pytest.approx(5.0)
+
+
+ONLINE_LOSSES = [lambda **kw: OnlineTripletLoss(0.5, "batch-all", **kw),
+                 lambda **kw: OnlineTripletLoss(0.5, "semi-hard", **kw),
+                 lambda **kw: OnlineContrastiveLoss(0.5, **kw)]
+
+
+@pytest.mark.parametrize("make", ONLINE_LOSSES)
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none", None, "mean_with_sample_weight"])
+def test_online_losses_refuse_a_reduction_they_cannot_honour(make, reduction):
+    # The loss is one mean over the batch's mined pairs or triplets: "sum" would multiply
+    # it by the batch size, "none" would hand out copies of it as per-example losses.
+    with pytest.raises(ValueError, match="only reduction='sum_over_batch_size'.*whole batch"):
+        make(reduction=reduction)
+
+
+@pytest.mark.parametrize("make", ONLINE_LOSSES)
+def test_online_losses_refuse_sample_weights(make):
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    e = np.random.default_rng(3).normal(size=(6, 2)).astype(np.float32)
+    loss = make()
+    assert np.isfinite(float(loss(labels, e)))
+    for weights in (np.ones(6, np.float32), np.array([1, 0, 1, 0, 1, 0], np.float32)):
+        with pytest.raises(ValueError, match="no sample_weight"):
+            loss(labels, e, sample_weight=weights)
+    # Also as Keras passes them, from fit(..., sample_weight=...).
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=loss)
+    with pytest.raises(ValueError, match="no sample_weight"):
+        model.fit(e, labels, sample_weight=np.ones(6, np.float32), batch_size=6, epochs=1,
+                  verbose=0)
+
+
+@pytest.mark.parametrize("make", ONLINE_LOSSES)
+def test_online_losses_reload_with_their_reduction(make, tmp_path):
+    loss = make()
+    config = keras.losses.serialize(loss)
+    assert config["config"]["reduction"] == "sum_over_batch_size"
+    again = keras.losses.deserialize(config)
+    assert type(again) is type(loss) and again.get_config() == loss.get_config()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=loss)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    assert type(reloaded.loss) is type(loss) and reloaded.loss.get_config() == loss.get_config()
+
+
+def test_online_contrastive_loss_is_contrastive_loss_over_the_mined_pairs():
+    """Brute force in float64: every positive pair (i < j), as many nearest negative pairs,
+    the contrastive loss of each (d with the epsilon inside the root), their mean."""
+    rng = np.random.default_rng(7)
+    for labels, e in [(rng.integers(0, 3, 10), rng.normal(size=(10, 3))),
+                      (np.array([0, 0, 1, 1, 1]), np.array([[0, 0], [0, 0], [0.3, 0], [2, 0],
+                                                            [0, 0]], float))]:  # duplicates
+        d = np.sqrt(np.maximum(((e[:, None] - e[None]) ** 2).sum(-1), 1e-9))
+        pairs = [(i, j) for i in range(len(e)) for j in range(i + 1, len(e))]
+        positive = [ij for ij in pairs if labels[ij[0]] == labels[ij[1]]]
+        negative = sorted((ij for ij in pairs if labels[ij[0]] != labels[ij[1]]),
+                          key=lambda ij: d[ij])[:len(positive)]
+        chosen = positive + negative
+        y = np.array([1.0] * len(positive) + [0.0] * len(negative))
+        expected = contrastive_reference(y, np.array([d[ij] for ij in chosen]), 0.8).mean()
+        got = float(online_contrastive_loss(labels, e.astype(np.float32), 0.8))
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert float(OnlineContrastiveLoss(0.8)(labels, e.astype(np.float32))) == \
+            pytest.approx(expected, rel=1e-5, abs=1e-6)

@@ -1,4 +1,5 @@
-"""keras_siamese.metrics against brute-force NumPy references (loops, obvious code).
+"""keras_siamese.metrics and keras_siamese.neighbours against brute-force NumPy references
+(loops, obvious code).
 
 The cases are small and include exact ties (integer grids, duplicated embeddings), near
 ties far from the origin (which a float64 matrix product alone misorders), classes
@@ -11,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from keras_siamese import metrics
+from keras_siamese import metrics, neighbours
 
 # ---------------------------------------------------------------- brute-force references
 
@@ -125,10 +126,12 @@ def test_nearest_neighbours_match_brute_force(case, seed):
     queries, _, references, _ = CASES[case](seed)
     for k in (1, 4, len(references)):
         expected = brute_neighbours(queries, references, k)
-        np.testing.assert_array_equal(metrics.nearest_neighbours(queries, references, k), expected)
+        np.testing.assert_array_equal(neighbours.nearest_neighbours(queries, references, k),
+                                      expected)
     # Chunking changes nothing.
-    np.testing.assert_array_equal(metrics.nearest_neighbours(queries, references, 3, chunk_size=7),
-                                  brute_neighbours(queries, references, 3))
+    np.testing.assert_array_equal(
+        neighbours.nearest_neighbours(queries, references, 3, chunk_size=7),
+        brute_neighbours(queries, references, 3))
 
 
 def test_many_references_match_brute_force():
@@ -138,7 +141,7 @@ def test_many_references_match_brute_force():
     queries = rng.integers(0, 64, (20, 2)).astype(np.float32)
     assert len(np.unique(references, axis=0)) * 1.0 > 6 * 64 * 4
     for k in (1, 5):
-        np.testing.assert_array_equal(metrics.nearest_neighbours(queries, references, k),
+        np.testing.assert_array_equal(neighbours.nearest_neighbours(queries, references, k),
                                       brute_neighbours(queries, references, k))
 
 
@@ -147,12 +150,76 @@ def test_collapsed_embeddings_are_exact_and_fast():
     rng = np.random.default_rng(4)
     points = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
     group = rng.integers(0, 3, 20_000)
-    neighbours = metrics.nearest_neighbours(points[[0, 1, 2, 0]], points[group], 3)
-    for query, row in zip([0, 1, 2, 0], neighbours):
+    nearest = neighbours.nearest_neighbours(points[[0, 1, 2, 0]], points[group], 3)
+    for query, row in zip([0, 1, 2, 0], nearest):
         np.testing.assert_array_equal(row, np.flatnonzero(group == query)[:3])
     embeddings, labels = points[group[:600]], group[:600] % 2
     assert metrics.map_at_r(embeddings, labels) == \
         pytest.approx(brute_at_r(embeddings, labels)[1], abs=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_leave_one_out_neighbour_chunks_match_brute_force(case, seed):
+    """Each query skips itself and asks for its own k; rows end in -1 past k."""
+    embeddings, _, _, _ = CASES[case](seed, n=40)
+    k = np.random.default_rng(seed).integers(1, len(embeddings), len(embeddings))
+    expected = brute_neighbours(embeddings, embeddings, len(embeddings) - 1, skip_self=True)
+    for chunk_size in (256, 7):
+        seen = 0
+        for start, rows in neighbours.neighbour_chunks(embeddings, embeddings, k,
+                                                       skip=np.arange(len(embeddings)),
+                                                       chunk_size=chunk_size):
+            assert start == seen and rows.shape == (min(chunk_size, 40 - start),
+                                                    k[start:start + chunk_size].max())
+            for i, row in enumerate(rows, start):
+                np.testing.assert_array_equal(row[:k[i]], expected[i, :k[i]])
+                assert (row[k[i]:] == -1).all()
+            seen += len(rows)
+        assert seen == len(embeddings)
+
+
+def test_neighbour_chunks_without_skip_and_bad_arguments():
+    queries, _, references, _ = grid_case(2)
+    (start, rows), = neighbours.neighbour_chunks(queries, references, 4)
+    assert start == 0
+    np.testing.assert_array_equal(rows, brute_neighbours(queries, references, 4))
+    with pytest.raises(ValueError, match="between 1 and 59 \\(the 60 references less"):
+        neighbours.neighbour_chunks(queries, references, 60, skip=np.arange(30))
+    with pytest.raises(ValueError, match="k must be an int or 30 ints"):
+        neighbours.neighbour_chunks(queries, references, [1, 2])
+    with pytest.raises(ValueError, match="skip must be 30 integer"):
+        neighbours.neighbour_chunks(queries, references, 1, skip=[0])
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        neighbours.nearest_neighbours(queries, references, 1, chunk_size=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_neighbour_distances_are_exact_and_ascending(case):
+    queries, _, references, _ = CASES[case](0)
+    nearest = neighbours.nearest_neighbours(queries, references, 10)
+    distances = neighbours.neighbour_distances(queries, references, nearest)
+    assert distances.shape == (30, 10) and distances.dtype == np.float64
+    brute = np.sqrt(brute_squared_distances(queries, references))
+    np.testing.assert_allclose(distances, np.take_along_axis(brute, nearest, axis=1),
+                               rtol=1e-12, atol=0)
+    assert (np.diff(distances, axis=1) >= 0).all()  # the ranking's order
+    # Bit-identical to the metrics' pair distances of the same points.
+    both = np.concatenate([queries, references]).astype(np.float64)
+    first, second = np.repeat(np.arange(30), 10), 30 + nearest.ravel()
+    np.testing.assert_array_equal(distances.ravel(), metrics.pair_distances(both, first, second))
+
+
+def test_neighbour_distances_reject_bad_indices():
+    queries, references = np.zeros((2, 3)), np.ones((4, 3))
+    assert neighbours.neighbour_distances(queries, references, [[3], [0]]).tolist() == \
+        [[math.sqrt(3)], [math.sqrt(3)]]
+    with pytest.raises(ValueError, match="indices of the 4 references, got -1 .. 0"):
+        neighbours.neighbour_distances(queries, references, [[-1], [0]])
+    with pytest.raises(ValueError, match="neighbours must be \\(2, k\\) integer"):
+        neighbours.neighbour_distances(queries, references, [0, 1])
+    with pytest.raises(ValueError, match="dimensions"):
+        neighbours.neighbour_distances(queries, np.ones((4, 2)), [[0], [1]])
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -222,7 +289,7 @@ def test_perfect_embeddings_score_one_everywhere():
     train, test = perfect_embeddings(train_labels, 12), perfect_embeddings(test_labels, 12)
     test_pairs = metrics_pairs(test_labels, 1)
     train_pairs = metrics_pairs(train_labels, 2)
-    result = metrics.embedding_metrics(train, train_labels, test, test_labels, *test_pairs,
+    result = metrics.embedding_metrics(train, train_labels, test, test_labels, test_pairs,
                                        train_pairs, episodes=200)
     assert set(result) == {"precision_at_1", "knn_accuracy", "r_precision", "map_at_r",
                            "roc_auc", "verification_accuracy", "threshold", "one_shot_5way",
@@ -237,30 +304,34 @@ def metrics_pairs(labels, seed, count=200):
     """Random index pairs with ``same`` = 1 for same class, both kinds present."""
     rng = np.random.default_rng(seed)
     first, second = rng.integers(0, len(labels), count), rng.integers(0, len(labels), count)
-    return first, second, (labels[first] == labels[second]).astype(np.float32)
+    return metrics.Pairs(first, second, (labels[first] == labels[second]).astype(np.float32))
 
 
 def test_embedding_metrics_agree_with_the_single_functions():
     train, train_labels, test, test_labels = duplicate_case(5, n=60, m=80)
     test_pairs, train_pairs = metrics_pairs(test_labels, 3), metrics_pairs(train_labels, 4)
-    result = metrics.embedding_metrics(train, train_labels, test, test_labels, *test_pairs,
+    result = metrics.embedding_metrics(train, train_labels, test, test_labels, test_pairs,
                                        train_pairs, k=3, episodes=50, seed=9)
-    test_distances = metrics.pair_distances(test, *test_pairs[:2])
-    threshold = metrics.best_threshold(metrics.pair_distances(train, *train_pairs[:2]),
-                                       train_pairs[2])
+    test_distances = metrics.pair_distances(test, test_pairs.first, test_pairs.second)
+    threshold = metrics.best_threshold(
+        metrics.pair_distances(train, train_pairs.first, train_pairs.second), train_pairs.same)
     expected = {
         "precision_at_1": metrics.precision_at_1(test, test_labels, train, train_labels),
         "knn_accuracy": metrics.knn_accuracy(test, test_labels, train, train_labels, k=3),
         "r_precision": metrics.r_precision(test, test_labels),
         "map_at_r": metrics.map_at_r(test, test_labels),
-        "roc_auc": metrics.roc_auc(test_distances, test_pairs[2]),
-        "verification_accuracy": metrics.accuracy_at_threshold(test_distances, test_pairs[2],
+        "roc_auc": metrics.roc_auc(test_distances, test_pairs.same),
+        "verification_accuracy": metrics.accuracy_at_threshold(test_distances, test_pairs.same,
                                                                threshold),
         "threshold": threshold,
     }
     assert {name: result[name] for name in expected} == expected
     # Only 3 classes: no 5- or 10-way episodes.
     assert math.isnan(result["one_shot_5way"]) and math.isnan(result["one_shot_10way"])
+    # Plain (first, second, same) tuples are read as Pairs.
+    again = metrics.embedding_metrics(train, train_labels, test, test_labels, tuple(test_pairs),
+                                      tuple(train_pairs), k=3, episodes=50, seed=9)
+    assert {name: again[name] for name in expected} == expected
 
 
 def test_pair_distances_are_euclidean():

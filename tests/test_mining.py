@@ -69,7 +69,7 @@ def batches():
 CASES = list(batches())
 
 
-@pytest.mark.parametrize("rule", mining.TRIPLET_MINING)
+@pytest.mark.parametrize("rule", mining.TRIPLET_MINERS)
 @pytest.mark.parametrize("name,labels,e", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("margin", [0.2, 1.0])
 def test_online_triplet_loss_matches_enumeration(rule, name, labels, e, margin):
@@ -123,7 +123,7 @@ def test_gradients_stay_finite_when_embeddings_coincide():
     labels = tf.constant([0, 0, 1, 1])
     for loss in [lambda: online_contrastive_loss(labels, e, 1.0),
                  *[lambda r=r: online_triplet_loss(labels, e, 1.0, r)
-                   for r in mining.TRIPLET_MINING]]:
+                   for r in mining.TRIPLET_MINERS]]:
         with tf.GradientTape() as tape:
             value = loss()
         grad = tape.gradient(value, e)
@@ -140,7 +140,7 @@ def test_online_losses_round_trip_their_config():
         OnlineTripletLoss(1.0, "hardest")
 
 
-@pytest.mark.parametrize("rule", mining.TRIPLET_MINING)
+@pytest.mark.parametrize("rule", mining.TRIPLET_MINERS)
 def test_loss_classes_give_the_batch_loss(rule):
     labels, e = CASES[2][1], CASES[2][2]
     np.testing.assert_allclose(OnlineTripletLoss(0.5, rule)(labels, e),

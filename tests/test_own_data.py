@@ -191,7 +191,7 @@ def test_tfds_dataset_by_name_trains(tmp_path):
     """``tfds:NAME`` through TFDS's offline mock data (random 32 x 32 colour images)."""
     import tensorflow_datasets as tfds
 
-    from keras_siamese import experiment
+    from keras_siamese import experiment, run_folder
 
     settings = config.TrainConfig(dataset="tfds:cifar10", epochs=1, batch_size=32,
                                   frame_images=20, output_dir=str(tmp_path / "out"),
@@ -200,7 +200,7 @@ def test_tfds_dataset_by_name_trains(tmp_path):
         result = experiment.run(settings)
     assert result.run_dir.name == "contrastive_cifar10"
     assert (result.run_dir / "metrics.json").is_file()
-    model = experiment.evaluation.load_embedding(result.run_dir)
+    model = run_folder.load_embedding(result.run_dir)
     assert tuple(model.input_shape[1:]) == (32, 32, 3)
 
 

@@ -1,0 +1,199 @@
+"""A run folder: the names of its files, its settings, its data, its model, its scores.
+
+Every command that works on a finished (or interrupted) run goes through here, so there
+is one reading of ``config.json``, one way to load a run's model and one way to score it
+(:func:`evaluate_run`, behind ``evaluate``; ``export``, ``embed`` and ``reproduce`` use the
+loaders). A run folder holds:
+
+- ``config.json``: the :class:`~keras_siamese.config.TrainConfig` that made it, plus the
+  fingerprint of its data (:func:`keras_siamese.data.fingerprint`);
+- ``history.csv``, ``metrics.json`` (``metrics_changed_data.json`` from ``evaluate
+  --changed-data``), ``model.keras``, ``embedding.png``, ``saved_model/``;
+- the latent frames (:mod:`keras_siamese.latent`), the checkpoints of an unfinished run
+  (:mod:`keras_siamese.checkpoint`) and a variant's own figures (the VAE's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import keras
+
+from keras_siamese import memory, models
+from keras_siamese.checkpoint import load_keras_file
+from keras_siamese.config import TrainConfig
+from keras_siamese.data import ImageData, fingerprint, load_dataset, resize_dataset
+from keras_siamese.errors import ConfigError, DataError, SiameseError
+from keras_siamese.outputs import write_json, write_text
+from keras_siamese.report import json_safe
+from keras_siamese.splits import used_images
+from keras_siamese.variants import variant_of
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+HISTORY = "history.csv"
+MODEL = "model.keras"
+METRICS = "metrics.json"
+CHANGED_DATA_METRICS = "metrics_changed_data.json"  # evaluate --changed-data
+EMBEDDING_PLOT = "embedding.png"
+SAVED_MODEL = "saved_model"
+
+
+def read_config(run_folder) -> tuple[TrainConfig, dict | None]:
+    """The settings of the run in ``run_folder`` (its ``config.json``), pointed at that
+    folder wherever it now is, and the fingerprint of the data it was trained on (None for
+    runs made before fingerprints were recorded)."""
+    run_dir = Path(run_folder)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG})")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {path}: {error}") from error
+    config, recorded = TrainConfig.from_json(text, path)
+    try:
+        config = dataclasses.replace(config, output_dir=str(run_dir.parent),
+                                     run_name=run_dir.name, overwrite=False)
+    except ConfigError as error:
+        raise DataError(f"{path}: {error}") from error
+    return config, recorded
+
+
+def write_config(run_dir: Path, config: TrainConfig, data_fingerprint: dict) -> None:
+    write_text(run_dir / CONFIG, config.to_json(data_fingerprint))
+
+
+def read_metrics(path) -> dict:
+    """A ``metrics.json`` (or any JSON object file of a run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: give the folder of a finished training run")
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {path}: {error}") from error
+    if not isinstance(value, dict):
+        raise DataError(f"{path} holds a JSON {type(value).__name__}, not an object: damaged")
+    return value
+
+
+def write_metrics(path, metrics: dict) -> dict:
+    """Write ``metrics`` as strict JSON (NaN as null); returns what was written."""
+    metrics = json_safe(metrics)
+    write_json(path, metrics)
+    return metrics
+
+
+def finished_metrics(config: TrainConfig) -> dict | None:
+    """The metrics of the run in ``config.run_dir`` if it finished with exactly these
+    settings (settings added to TrainConfig after it was made count as their defaults)."""
+    try:
+        recorded, _ = read_config(config.run_dir)
+        metrics = read_metrics(config.run_dir / METRICS)
+    except SiameseError:
+        return None
+    return metrics if recorded == _as_read(config) else None
+
+
+def _as_read(config: TrainConfig) -> TrainConfig:
+    """``config`` as :func:`read_config` would give it back from its run folder."""
+    return dataclasses.replace(config, output_dir=str(config.run_dir.parent),
+                               run_name=config.run_dir.name, overwrite=False)
+
+
+def load_model(path) -> keras.Model:
+    """The trained model of a finished run: ``path`` is its folder (``model.keras`` in it)
+    or a ``.keras`` file. The package's ``__init__`` registers the custom layers and losses
+    it needs."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: give the folder of a finished training run")
+    return load_keras_file(path, compile=False, advice="retrain the run with --overwrite")
+
+
+def load_embedding(path) -> keras.Model:
+    """The embedding net of the finished run in ``path`` (or of a ``.keras`` file)."""
+    return models.embedding_of(load_model(path))
+
+
+def load_run_data(config: TrainConfig) -> ImageData:
+    """The data a run trains and is scored on, read as its settings say: the training
+    images it does not use (outside its ``--limit`` subset) are dropped before the rest is
+    resized to ``--image-size``, once the memory for it is known to be there. ConfigError
+    where the images cannot work with its model."""
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.test_split,
+                        resize=False)
+    data = used_images(data, config.holdout_classes, config.limit, config.seed)
+    height, width, channels = data.x_train.shape[1:]
+    if config.image_size is not None:
+        height = width = config.image_size
+    count = len(data.y_train) + len(data.y_test)
+    memory.require(memory.image_bytes(count, height, width, channels),
+                   f"holding {count} images of {height}x{width}x{channels}",
+                   "lower --image-size or --limit")
+    data = resize_dataset(data, config.image_size)
+    variant = variant_of(config.loss, config.mining)
+    if height % variant.image_multiple or width % variant.image_multiple:
+        raise ConfigError(f"--loss {variant.name} needs image sides that are multiples of "
+                          f"{variant.image_multiple}; {config.dataset} has {height}x{width}: "
+                          "pass --image-size")
+    return data
+
+
+def check_data_unchanged(run_dir, recorded: dict | None, current: dict, doing: str) -> None:
+    """DataError when the data a run recorded differs from what its settings load now."""
+    if recorded is None:
+        log.warning("%s records no fingerprint of its data (made by an older version): "
+                    "cannot check that the data is unchanged", run_dir)
+    elif recorded != current:
+        then = f"{recorded.get('train_images')} training / {recorded.get('test_images')} test"
+        now = f"{current['train_images']} training / {current['test_images']} test"
+        what = (f"{then} images then, {now} now" if then != now else
+                f"the same {now} images, other content")
+        raise DataError(f"the data of {run_dir} has changed since it was trained ({what}): "
+                        f"{doing}")
+
+
+def evaluate_run(run_folder, changed_data: bool = False) -> tuple[dict, Path, ImageData]:
+    """Score a finished run on the data its settings load and write the metrics:
+    ``(metrics as written, the file, the data)``.
+
+    Uses the run's ``config.json`` (dataset, ``--limit``, ``--holdout-classes``, seed), so
+    the figures equal those training wrote. Data that changed since training (checked
+    against the recorded fingerprint) is refused unless ``changed_data``: those figures go
+    to ``metrics_changed_data.json``, never over the training ``metrics.json``."""
+    from keras_siamese.evaluation import evaluate
+    from keras_siamese.run_lock import RunLock
+    from keras_siamese.splits import evaluation_sets
+
+    run_dir = Path(run_folder)
+    config, recorded = read_config(run_dir)
+    with RunLock(run_dir, "evaluating"):
+        embedding = load_embedding(run_dir)  # checked before the data is loaded
+        data = load_run_data(config)
+        target = run_dir / (CHANGED_DATA_METRICS if changed_data else METRICS)
+        if not changed_data:
+            check_data_unchanged(run_dir, recorded, fingerprint(data),
+                                 "its metrics.json stays as it is; to score the model on the "
+                                 "data as it is now, pass --changed-data (writes "
+                                 f"{CHANGED_DATA_METRICS})")
+        metrics = evaluate(embedding, evaluation_sets(data, config.holdout_classes,
+                                                      config.limit, config.seed))
+        if not changed_data:  # keep the training speed, the one figure evaluate cannot make
+            metrics["seconds_per_epoch"] = _recorded_speed(run_dir)
+        return write_metrics(target, metrics), target, data
+
+
+def _recorded_speed(run_dir: Path) -> float | None:
+    try:
+        return read_metrics(run_dir / METRICS).get("seconds_per_epoch")
+    except SiameseError:  # missing or damaged: it is being rewritten now
+        return None
+
