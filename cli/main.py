@@ -16,6 +16,7 @@ import sys
 import click
 
 from keras_siamese import variants
+from keras_siamese.cli import use
 from keras_siamese.config import DATASETS, TrainConfig
 from keras_siamese.errors import Interrupted, SiameseError
 
@@ -216,17 +217,22 @@ def reproduce(losses, datasets, epochs, seed, limit, output_dir, log_dir, data_d
 @click.option("--overwrite", is_flag=True,
               help="Replace an --out folder that holds something else (never the run "
                    "folder or a folder holding it).")
-def export_command(run_folder, out, overwrite):
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False),
+              default=None, help="Store this index's gallery in the SavedModel and add the "
+                                 "classify signature.")
+def export_command(run_folder, out, overwrite, index_dir):
     """Export a finished run's embedding net as a TensorFlow SavedModel.
 
     Signatures: serving_default (image -> embedding), distance (first, second -> distance),
-    and for BCE runs same_probability. Inputs are raw pixels, float32 0..255.
+    verify (first, second -> distance, same at the run's threshold), with --index classify
+    (image -> class, distance, unknown), and for BCE runs same_probability. Inputs are raw
+    pixels, float32 0..255.
 
     Example: siamese-keras export output/contrastive_mnist --out /srv/models/digits/1
     """
     from keras_siamese.export import export_run
 
-    path = export_run(run_folder, out, overwrite)
+    path = export_run(run_folder, out, overwrite, index_dir)
     click.echo(f"SavedModel: {path}  (inspect: saved_model_cli show --all --dir {path})")
 
 
@@ -286,6 +292,8 @@ def diagram(out):
     paths = draw_models(out)
     click.echo(f"diagrams: {', '.join(str(p) for p in paths)}")
 
+
+use.register(app)  # index, search, classify, calibrate, verify
 
 _interrupts = 0
 

@@ -26,7 +26,10 @@ from keras_siamese.splits import EvaluationSets, Split
 ONE_SHOT_WAYS = (5, 10)
 
 
-def _fixed_pairs(labels: np.ndarray) -> Pairs:
+def fixed_pairs(labels: np.ndarray) -> Pairs:
+    """The fixed evaluation pairs of a label array (seed ``streams.EVAL_SEED``): one pair
+    per item as the first element, half of them (rounded up) same-class. Every run is
+    scored on them (ROC-AUC, verification) and ``calibrate`` chooses its threshold on them."""
     first, second, same = streams.sample_pairs(streams.class_index(labels), streams.EVAL_SEED, 0)
     return Pairs(first.numpy(), second.numpy(), same.numpy())
 
@@ -40,8 +43,8 @@ def split_metrics(embedding: keras.Model, split: Split) -> dict:
     classes = len(np.unique(split.test_labels))
     n_ways = tuple(n for n in ONE_SHOT_WAYS if n <= classes) or (classes,)
     return embedding_metrics(train_embeddings, split.train_labels, test_embeddings,
-                             split.test_labels, _fixed_pairs(split.test_labels),
-                             _fixed_pairs(split.train_labels), n_ways=n_ways,
+                             split.test_labels, fixed_pairs(split.test_labels),
+                             fixed_pairs(split.train_labels), n_ways=n_ways,
                              seed=streams.EVAL_SEED)
 
 

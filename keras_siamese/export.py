@@ -8,7 +8,15 @@ pixels, float32 ``[batch, H, W, C]`` in 0..255. Its signatures:
   ``d = sqrt(sum_k (e1_k - e2_k)^2)`` between the embeddings of two image batches
   (exact: the epsilon that training adds for finite gradients is not needed here);
 - ``same_probability(first, second) -> {"same_probability": [batch]}``, only for a BCE run:
-  the trained head ``sigmoid(w . |e1 - e2| + b)``, the probability of the same class.
+  the trained head ``sigmoid(w . |e1 - e2| + b)``, the probability of the same class;
+- ``verify(first, second) -> {"distance": [batch] float64, "same": [batch] bool}``:
+  ``same = distance <= t`` at the run's decision threshold ``t`` (``calibration.json``,
+  else the accuracy-optimal one of its training pairs), written when the run is exported
+  by ``siamese-keras export`` (or when ``export_saved_model`` is given a threshold);
+- ``classify(image) -> {"class_index", "class_name", "distance", "unknown"}``, given
+  ``--index INDEX_DIR``: the gallery's embeddings, labels and class names stored inside the
+  SavedModel; the nearest gallery item (1-NN, distances in float64, the lowest position
+  first on a tie), its class, its distance, and ``unknown = distance > t``.
 
 Every signature checks its images and refuses, with an ``InvalidArgumentError`` saying
 what it expects, a batch of another size than the model's (TensorFlow's signatures let
@@ -58,12 +66,15 @@ def _checked_images(image, height: int, width: int, channels: int):
         return tf.identity(image)
 
 
-def export_saved_model(model: keras.Model, path, origin=None) -> Path:
+def export_saved_model(model: keras.Model, path, origin=None, threshold: float | None = None,
+                       index=None) -> Path:
     """Write ``model``'s embedding net (and a BCE model's head) as a SavedModel at ``path``.
 
     ``model`` is any model built by :mod:`keras_siamese.models` (or the embedding net
-    itself); ``origin`` is the run folder it came from. The folder appears complete or
-    not at all, and an earlier folder at ``path`` is replaced only once it is.
+    itself); ``origin`` is the run folder it came from. With the run's decision
+    ``threshold`` it adds ``verify``, and with an :class:`~keras_siamese.index.Index` of its
+    gallery also ``classify`` (see the module doc). The folder appears complete or not at
+    all, and an earlier folder at ``path`` is replaced only once it is.
     """
     origin = str(origin) if origin is not None else None
     embedding = models.embedding_of(model)
@@ -83,6 +94,9 @@ def export_saved_model(model: keras.Model, path, origin=None) -> Path:
         return {"distance": tf.sqrt(tf.reduce_sum(tf.square(difference), axis=-1))}
 
     archive.add_endpoint("distance", distance, input_signature=[image, image])
+
+    if threshold is not None:
+        _add_decisions(archive, embed, image, threshold, index)
 
     if model.name == "siamese_bce":
         head = model.get_layer("same_probability")
@@ -111,6 +125,39 @@ def export_saved_model(model: keras.Model, path, origin=None) -> Path:
     return path
 
 
+def _add_decisions(archive, embed, image, threshold: float, index) -> None:
+    """The ``verify`` endpoint and, with an index, ``classify`` (see the module doc)."""
+    def distance_of(first, second):
+        difference = tf.cast(embed(first) - embed(second), tf.float64)
+        return tf.sqrt(tf.reduce_sum(tf.square(difference), axis=-1))
+
+    def verify(first, second):
+        distance = distance_of(first, second)
+        return {"distance": distance, "same": distance <= threshold}
+
+    archive.add_endpoint("verify", verify, input_signature=[image, image])
+    if index is None:
+        return
+    gallery = tf.constant(index.embeddings, tf.float64)
+    norms = tf.reduce_sum(tf.square(gallery), axis=1)
+    labels = tf.constant(index.labels, tf.int64)
+    names = tf.constant(index.class_names)
+
+    def classify(image):
+        # |q - g|^2 = |q|^2 - 2 q.g + |g|^2 in float64; the first of equal minima wins.
+        queries = tf.cast(embed(image), tf.float64)
+        squared = tf.maximum(tf.reduce_sum(tf.square(queries), axis=1, keepdims=True)
+                             - 2.0 * tf.matmul(queries, gallery, transpose_b=True)
+                             + norms[None, :], 0.0)
+        nearest = tf.argmin(squared, axis=1)
+        distance = tf.sqrt(tf.gather(squared, nearest, batch_dims=1))
+        label = tf.gather(labels, nearest)
+        return {"class_index": label, "class_name": tf.gather(names, label),
+                "distance": distance, "unknown": distance > threshold}
+
+    archive.add_endpoint("classify", classify, input_signature=[image])
+
+
 def export_origin(path) -> str | None:
     """The run folder an export folder came from, or None if it is not one of ours."""
     try:
@@ -137,10 +184,22 @@ def check_export_target(run_dir, out, overwrite: bool) -> Path:
     return out
 
 
-def export_run(run_dir, out=None, overwrite: bool = False) -> Path:
+def export_run(run_dir, out=None, overwrite: bool = False, index_dir=None) -> Path:
     """Export the finished run in ``run_dir`` (its ``model.keras``) to ``out``, by default
-    ``run_dir/saved_model``, as :func:`check_export_target` allows."""
+    ``run_dir/saved_model``, as :func:`check_export_target` allows; with ``index_dir``,
+    an index of that run's model for the ``classify`` signature."""
+    from keras_siamese.index import Index
+    from keras_siamese.run_folder import decision_threshold
+
     target = check_export_target(run_dir, out if out is not None else
                                  Path(run_dir) / SAVED_MODEL, overwrite)
+    index = Index.load(index_dir) if index_dir is not None else None
+    if index is not None and Path(index.run) != Path(run_dir).absolute():
+        raise ConfigError(f"--index {index_dir} was made with the run {index.run}, not "
+                          f"{run_dir}")
     with RunLock(run_dir, "exporting", writes=target.parent == Path(run_dir).absolute()):
-        return export_saved_model(load_model(run_dir), target, Path(run_dir).absolute())
+        model = load_model(run_dir)
+        threshold, _ = decision_threshold(run_dir)
+        if index is not None:
+            index.embedding(models.embedding_of(model))  # refuses a model changed since
+        return export_saved_model(model, target, Path(run_dir).absolute(), threshold, index)

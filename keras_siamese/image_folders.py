@@ -199,36 +199,38 @@ def _listed(folder: Path, keep, failure: str) -> list[Path]:
         raise DataError(f"{failure} ({error.strerror})") from error
 
 
-def list_class_folders(root) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
+def list_class_folders(root, min_classes: int = 2, what: str = "--dataset"):
     """``(files, labels, class_names)`` of the class-folder dataset at ``root``; files are
     sorted by class, then by name. Class names are the folders' :func:`display_name` (the
-    files keep their real names). DataError for anything that is not such a dataset."""
+    files keep their real names). DataError, its message starting with ``what`` and the
+    folder, for anything that is not such a dataset with ``min_classes`` classes or more
+    (training needs 2; a gallery that adds one new class, 1)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"--dataset {shown(root)}: no such folder (give a folder with one "
+        raise DataError(f"{what} {shown(root)}: no such folder (give a folder with one "
                         "sub-folder of images per class)")
-    folders = _listed(root, lambda p: p.is_dir(), f"--dataset {shown(root)}: cannot list "
+    folders = _listed(root, lambda p: p.is_dir(), f"{what} {shown(root)}: cannot list "
                       "this folder")
     if not folders:
-        raise DataError(f"--dataset {shown(root)}: no class sub-folders (put each class's "
+        raise DataError(f"{what} {shown(root)}: no class sub-folders (put each class's "
                         "images in a sub-folder named after the class)")
     names = tuple(display_name(folder.name) for folder in folders)
     files, labels, seen = [], [], {}
     for label, (folder, name) in enumerate(zip(folders, names)):
         if name in seen:  # only names with a literal backslash escape can collide
-            raise DataError(f"--dataset {shown(root)}: class folders "
+            raise DataError(f"{what} {shown(root)}: class folders "
                             f"{os.fsencode(seen[name])!r} and {os.fsencode(folder.name)!r} "
                             f"both show as '{name}'; rename one")
         seen[name] = folder.name
         images = _listed(folder, lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES,
-                         f"--dataset {shown(root)}: cannot list class folder '{name}'")
+                         f"{what} {shown(root)}: cannot list class folder '{name}'")
         if not images:
-            raise DataError(f"--dataset {shown(root)}: class folder '{name}' has no PNG or "
+            raise DataError(f"{what} {shown(root)}: class folder '{name}' has no PNG or "
                             "JPEG images")
         files += images
         labels += [label] * len(images)
-    if len(folders) < 2:
-        raise DataError(f"--dataset {shown(root)}: only one class ('{names[0]}'); metric "
+    if len(folders) < min_classes:
+        raise DataError(f"{what} {shown(root)}: only one class ('{names[0]}'); metric "
                         "learning needs at least 2 class sub-folders")
     return files, np.asarray(labels, np.int64), names
 

@@ -222,7 +222,9 @@ def pair_distances(embeddings, first, second) -> np.ndarray:
     return np.sqrt(squared_distances(a, b))
 
 
-def _pairs(distances, same):
+def labelled_distances(distances, same) -> tuple[np.ndarray, np.ndarray]:
+    """Pair distances as float64 and their ``same`` labels as bool, checked to match;
+    ValueError for labels other than 1 (same class) and 0, or NaN distances."""
     distances = np.asarray(distances, np.float64).reshape(-1)
     same = np.asarray(same).reshape(-1)
     if same.shape != distances.shape:
@@ -254,7 +256,7 @@ def roc_auc(distances, same) -> float:
     >>> roc_auc([0.1, 0.5, 0.5, 0.9], [1, 1, 0, 0])
     0.875
     """
-    distances, same = _pairs(distances, same)
+    distances, same = labelled_distances(distances, same)
     n_same, n_diff = int(same.sum()), int((~same).sum())
     if n_same == 0 or n_diff == 0:
         return math.nan
@@ -292,7 +294,7 @@ def best_threshold(distances, same) -> float:
     >>> best_threshold([0.1, 0.4, 0.6, 0.9], [1, 1, 0, 0])
     0.5
     """
-    distances, same = _pairs(distances, same)
+    distances, same = labelled_distances(distances, same)
     if len(distances) == 0:
         raise ValueError("best_threshold needs at least one pair")
     order = np.argsort(distances, kind="stable")
@@ -329,7 +331,7 @@ def accuracy_at_threshold(distances, same, threshold: float) -> float:
     >>> accuracy_at_threshold([0.1, 0.4, 0.6, 0.9], [1, 0, 0, 0], 0.5)
     0.75
     """
-    distances, same = _pairs(distances, same)
+    distances, same = labelled_distances(distances, same)
     return float(np.mean((distances <= threshold) == same)) if len(same) else math.nan
 
 

@@ -9,6 +9,8 @@ loaders). A run folder holds:
   fingerprint of its data (:func:`keras_siamese.data.fingerprint`);
 - ``history.csv``, ``metrics.json`` (``metrics_changed_data.json`` from ``evaluate
   --changed-data``), ``model.keras``, ``embedding.png``, ``saved_model/``;
+- ``calibration.json`` and ``calibration.png`` from ``calibrate``
+  (:func:`calibrate_run`, :mod:`keras_siamese.calibration`);
 - the latent frames (:mod:`keras_siamese.latent`), the checkpoints of an unfinished run
   (:mod:`keras_siamese.checkpoint`) and a variant's own figures (the VAE's).
 """
@@ -18,9 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from keras_siamese import memory, models
 from keras_siamese.checkpoint import load_keras_file
@@ -39,6 +43,7 @@ HISTORY = "history.csv"
 MODEL = "model.keras"
 METRICS = "metrics.json"
 CHANGED_DATA_METRICS = "metrics_changed_data.json"  # evaluate --changed-data
+CALIBRATION = "calibration.json"  # siamese-keras calibrate (and calibration.png)
 EMBEDDING_PLOT = "embedding.png"
 SAVED_MODEL = "saved_model"
 
@@ -197,3 +202,60 @@ def _recorded_speed(run_dir: Path) -> float | None:
     except SiameseError:  # missing or damaged: it is being rewritten now
         return None
 
+
+def decision_threshold(run_dir) -> tuple[float, bool]:
+    """The distance at or below which the run calls two images the same class, and whether
+    it is calibrated: ``calibration.json``'s threshold (chosen on held-out pairs), else the
+    accuracy-optimal threshold of its training pairs in ``metrics.json``."""
+    run_dir = Path(run_dir)
+    calibrated = (run_dir / CALIBRATION).is_file()
+    path = run_dir / (CALIBRATION if calibrated else METRICS)
+    threshold = read_metrics(path).get("threshold")
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) \
+            or not math.isfinite(threshold):
+        raise DataError(f"{path} holds no valid threshold ({threshold!r}): damaged; run "
+                        "siamese-keras " + ("calibrate" if calibrated else "evaluate") +
+                        f" {run_dir} again")
+    return float(threshold), calibrated
+
+
+def calibrate_run(run_folder, target, pairs_source: str | None = None) -> tuple[dict, list]:
+    """Choose the run's threshold for ``target`` (:func:`calibration.parse_target`) on
+    held-out pairs: the fixed test pairs of its trained classes, or pairs drawn the same
+    way from the gallery ``pairs_source`` (:mod:`gallery`). Writes ``calibration.json``
+    and ``calibration.png``; returns the result and the files written."""
+    from keras_siamese import calibration
+    from keras_siamese.evaluation import fixed_pairs
+    from keras_siamese.metrics import pair_distances
+    from keras_siamese.run_lock import RunLock
+
+    run_dir = Path(run_folder)
+    config, recorded = read_config(run_dir)
+    with RunLock(run_dir, "calibrating"):
+        embedding = load_embedding(run_dir)
+        images, labels, described = _held_out_images(config, recorded, embedding,
+                                                     pairs_source)
+        pairs = fixed_pairs(labels)
+        vectors = models.embed_images(embedding, images)
+        result = {**calibration.calibrate(vectors, pairs, target),
+                  "pairs": f"{len(pairs.same)} {described}"}
+        distances = pair_distances(vectors, pairs.first, pairs.second)
+        return result, calibration.write_calibration(run_dir, result, distances, pairs.same)
+
+
+def _held_out_images(config: TrainConfig, recorded, embedding, pairs_source):
+    """``(images, integer labels, description)`` of the pairs' images: the run's test
+    images of its trained classes, or a gallery's."""
+    if pairs_source is not None:
+        from keras_siamese.gallery import read_gallery
+
+        gallery = read_gallery(pairs_source, tuple(embedding.input_shape[1:]))
+        labels = np.unique(gallery.classes, return_inverse=True)[1].reshape(-1)
+        return gallery.images, labels, f"pairs drawn from {pairs_source}"
+    from keras_siamese.splits import evaluation_sets
+
+    data = load_run_data(config)
+    check_data_unchanged(config.run_dir, recorded, fingerprint(data),
+                         "calibrating on it would not describe the model's test data")
+    seen = evaluation_sets(data, config.holdout_classes, config.limit, config.seed).seen
+    return seen.test_images, seen.test_labels, "fixed test pairs of the trained classes"
