@@ -37,7 +37,8 @@ with quiet_native_startup():  # TensorFlow's start-up INFO lines, see native_log
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import load_dataset
 from keras_siamese.errors import ConfigError, DataError, OutputError, SiameseError
+from keras_siamese.index import Index
 
 __version__ = "0.1.0"
-__all__ = ["TrainConfig", "load_dataset", "ConfigError", "DataError", "OutputError",
+__all__ = ["TrainConfig", "load_dataset", "Index", "ConfigError", "DataError", "OutputError",
            "SiameseError", "__version__"]
