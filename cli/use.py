@@ -100,12 +100,13 @@ def search(index_dir, queries, k, backend, out, invert):
 
     Example: siamese-keras search digits.index my_digits/ -k 5
     """
-    from keras_siamese.index import Index, check_results_file, write_results
+    from keras_siamese.embed import check_output
+    from keras_siamese.index import RESULT_SUFFIXES, Index, write_results
 
     if k < 1:
         raise click.BadParameter(f"must be at least 1, got {k}", param_hint="-k")
     if out is not None:
-        check_results_file(out, queries)
+        check_output(out, queries, RESULT_SUFFIXES)  # never a query file, however spelled
     index = Index.load(index_dir)
     vectors, names = _queries(index, queries, invert)
     result = index.search(vectors, k, backend)

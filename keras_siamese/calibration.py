@@ -310,10 +310,15 @@ def calibrate(embeddings, pairs: Pairs, target) -> dict:
             e.g. :func:`keras_siamese.evaluation.fixed_pairs` of their labels.
         target: a ``--target`` string (:func:`parse_target`) or a ``(kind, value)`` tuple.
     """
+    return calibrate_distances(pair_distances(embeddings, pairs.first, pairs.second),
+                               pairs.same, target)
+
+
+def calibrate_distances(distances, same, target) -> dict:
+    """:func:`calibrate` on pair distances already measured (``same`` = 1 same class)."""
     target = parse_target(target) if isinstance(target, str) else check_target(target)
-    distances = pair_distances(embeddings, pairs.first, pairs.second)
-    threshold = choose_threshold(distances, pairs.same, target)
-    return {"target": format_target(target), **summary(distances, pairs.same, threshold)}
+    threshold = choose_threshold(distances, same, target)
+    return {"target": format_target(target), **summary(distances, same, threshold)}
 
 
 def write_calibration(run_dir, result: dict, distances, same) -> tuple[Path, Path]:

@@ -146,13 +146,14 @@ def _check_pixels(path: Path, array: np.ndarray) -> None:
                         f"0..255{hint}")
 
 
-def check_output(path, inputs=()) -> Path:
-    """The output file name, if it is one :func:`write_embeddings` can write and neither it
-    nor the names file beside a ``.npy`` is one of ``inputs`` (files, or files in the
-    folders given): however it is spelled, through a symlink or a hard link."""
+def check_output(path, inputs=(), suffixes=OUTPUT_SUFFIXES) -> Path:
+    """The output file name, if it has one of ``suffixes`` (by default those
+    :func:`write_embeddings` writes) and neither it nor the names file beside a ``.npy`` is
+    one of ``inputs`` (files, or files in the folders given): however it is spelled,
+    through a symlink or a hard link."""
     path = Path(path)
-    if path.suffix not in OUTPUT_SUFFIXES:
-        raise ConfigError(f"--out {shown(path)}: give a .npy or .csv file name")
+    if path.suffix not in suffixes:
+        raise ConfigError(f"--out {shown(path)}: give a {' or '.join(suffixes)} file name")
     if not inputs:
         return path
     written = [path] + ([names_path(path)] if path.suffix == ".npy" else [])

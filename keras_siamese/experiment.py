@@ -36,7 +36,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_siamese import checkpoint, distribute, export, latent, memory, models, projector
+from keras_siamese import (checkpoint, distribute, export, latent, memory, models, projector,
+                           streams)
 from keras_siamese import run_folder
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
@@ -242,31 +243,26 @@ def _train(config: TrainConfig, strategy, resume: bool, chief: bool = True,
     sets = evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
     shown = latent.frame_images(data, config.frame_images)
     config.model_variant.check(config, sets.seen)
-    steps = _steps_per_epoch(config, sets.seen)
+    steps = streams.steps_per_epoch(len(sets.seen.train_labels), config.training_batch_size)
     model = _model(config, strategy, saved, start_epoch, NetSpec(
         sets.seen.train_images.shape[1:], float(sets.seen.train_images.mean()),
         float(sets.seen.train_images.std()), data.num_classes), steps)
     _check_training_memory(config, model)
     if chief:
         _create_folders(config, record, fingerprint, resume)
-    streams = map(distribute.shard_by_data, training_streams(config, sets.seen, start_epoch))
+    data_streams = map(distribute.shard_by_data,
+                       training_streams(config, sets.seen, start_epoch))
     log.info("training %s on %d %s images for %d epochs", model.name,
              len(sets.seen.train_labels), config.dataset_name, config.epochs)
     if not chief:
-        _fit(config, model, streams, start_epoch, steps,
+        _fit(config, model, data_streams, start_epoch, steps,
              [checkpoint.StopOnNonFiniteLoss(config.run_dir)])
         return RunResult(config.run_dir, config.tensorboard_dir, {}, model, chief=False)
     metrics_writer = tf.summary.create_file_writer(str(config.tensorboard_dir / METRICS_RUN))
-    seconds_per_epoch = _fit(config, model, streams, start_epoch, steps, _callbacks(
+    seconds_per_epoch = _fit(config, model, data_streams, start_epoch, steps, _callbacks(
         config, models.embedding_of(model), shown, sets, metrics_writer, start_epoch))
     return _finish(config, record or config, model, data, sets, seconds_per_epoch,
                    metrics_writer)
-
-
-def _steps_per_epoch(config: TrainConfig, seen: Split) -> int:
-    from keras_siamese.streams import steps_per_epoch
-
-    return steps_per_epoch(len(seen.train_labels), config.training_batch_size)
 
 
 def _model(config: TrainConfig, strategy, saved: Path | None, start_epoch: int, net: NetSpec,
@@ -293,11 +289,11 @@ def _create_folders(config: TrainConfig, record: TrainConfig | None, fingerprint
     run_folder.write_config(config.run_dir, record or config, fingerprint)
 
 
-def _fit(config: TrainConfig, model: keras.Model, streams, start_epoch: int, steps: int,
-         callbacks: list) -> float | None:
-    """Train on ``streams`` (training, validation) from ``start_epoch`` to the last epoch;
-    returns the seconds per epoch (None when no epoch was left to train)."""
-    train, validation = streams
+def _fit(config: TrainConfig, model: keras.Model, data_streams, start_epoch: int,
+         steps: int, callbacks: list) -> float | None:
+    """Train on ``data_streams`` (training, validation) from ``start_epoch`` to the last
+    epoch; returns the seconds per epoch (None when no epoch was left to train)."""
+    train, validation = data_streams
     started = time.perf_counter()
     try:
         model.fit(

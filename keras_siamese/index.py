@@ -36,6 +36,7 @@ import numpy as np
 from keras_siamese import neighbours
 from keras_siamese.errors import ConfigError, DataError, OutputError
 from keras_siamese.gallery import Gallery
+from keras_siamese.metrics import majority_vote
 from keras_siamese.outputs import atomic_path
 
 FORMAT = "keras-siamese-index"
@@ -150,14 +151,9 @@ class Index:
         met first, the nearest) and the nearest distance; ``unknown`` when that distance
         is above ``threshold``."""
         result = self.search(query_embeddings, k, backend)
-        answers = []
-        for classes, distances in zip(result.classes, result.distances):
-            counts = {name: classes.count(name) for name in classes}
-            best = max(counts.values())
-            winner = next(name for name in classes if counts[name] == best)
-            answers.append((winner if distances[0] <= threshold else UNKNOWN,
-                            float(distances[0])))
-        return answers
+        winners = majority_vote(self.labels[result.indices])
+        return [(self.class_names[winner] if nearest <= threshold else UNKNOWN, float(nearest))
+                for winner, nearest in zip(winners, result.distances[:, 0])]
 
     def save(self, folder) -> Path:
         """Write the index into ``folder`` (made if missing), atomically (module doc)."""
@@ -222,21 +218,6 @@ def check_new_index(folder, overwrite: bool) -> None:
 
 RESULT_SUFFIXES = (".csv", ".json")
 RESULT_COLUMNS = ("query", "rank", "distance", "class", "source")
-
-
-def check_results_file(path, inputs=()) -> None:
-    """ConfigError for a results file the search could not or should not write: another
-    suffix than .csv / .json, or one of the query files (or a file in a query folder)."""
-    path = Path(path)
-    if path.suffix.lower() not in RESULT_SUFFIXES:
-        raise ConfigError(f"--out {path}: write search results to a .csv or .json file")
-    if not path.is_file():
-        return
-    for source in map(Path, inputs):
-        files = source.rglob("*") if source.is_dir() else [source]
-        if any(f.is_file() and os.path.samefile(f, path) for f in files):
-            raise ConfigError(f"--out {path} is one of the queries ({source}): choose "
-                              "another file; the queries are left as they are")
 
 
 def write_results(path, rows: list[dict]) -> None:

@@ -51,7 +51,7 @@ def _labels(y, n: int, name: str) -> np.ndarray:
     return y
 
 
-def _majority(neighbour_labels) -> np.ndarray:
+def majority_vote(neighbour_labels) -> np.ndarray:
     """Per row, the most frequent label; on a tie, the tied label met first (nearest)."""
     votes = (neighbour_labels[:, :, None] == neighbour_labels[:, None, :]).sum(axis=2)
     winner = np.argmax(votes, axis=1)  # the first of equal maxima
@@ -117,7 +117,7 @@ def knn_accuracy(query_embeddings, query_labels, reference_embeddings, reference
 def _vote_accuracy(neighbours, query_labels, reference_labels) -> float:
     if len(neighbours) == 0:
         return math.nan
-    return float(np.mean(_majority(reference_labels[neighbours]) == query_labels))
+    return float(np.mean(majority_vote(reference_labels[neighbours]) == query_labels))
 
 
 def _leave_one_out_at_r(embeddings, labels, chunk_size: int):

@@ -176,21 +176,16 @@ def evaluate_run(run_folder, changed_data: bool = False) -> tuple[dict, Path, Im
     to ``metrics_changed_data.json``, never over the training ``metrics.json``."""
     from keras_siamese.evaluation import evaluate
     from keras_siamese.run_lock import RunLock
-    from keras_siamese.splits import evaluation_sets
 
     run_dir = Path(run_folder)
     config, recorded = read_config(run_dir)
     with RunLock(run_dir, "evaluating"):
         embedding = load_embedding(run_dir)  # checked before the data is loaded
-        data = load_run_data(config)
         target = run_dir / (CHANGED_DATA_METRICS if changed_data else METRICS)
-        if not changed_data:
-            check_data_unchanged(run_dir, recorded, fingerprint(data),
-                                 "its metrics.json stays as it is; to score the model on the "
-                                 "data as it is now, pass --changed-data (writes "
-                                 f"{CHANGED_DATA_METRICS})")
-        metrics = evaluate(embedding, evaluation_sets(data, config.holdout_classes,
-                                                      config.limit, config.seed))
+        data, sets = _run_sets(config, recorded, None if changed_data else (
+            "its metrics.json stays as it is; to score the model on the data as it is now, "
+            f"pass --changed-data (writes {CHANGED_DATA_METRICS})"))
+        metrics = evaluate(embedding, sets)
         if not changed_data:  # keep the training speed, the one figure evaluate cannot make
             metrics["seconds_per_epoch"] = _recorded_speed(run_dir)
         return write_metrics(target, metrics), target, data
@@ -236,10 +231,10 @@ def calibrate_run(run_folder, target, pairs_source: str | None = None) -> tuple[
         images, labels, described = _held_out_images(config, recorded, embedding,
                                                      pairs_source)
         pairs = fixed_pairs(labels)
-        vectors = models.embed_images(embedding, images)
-        result = {**calibration.calibrate(vectors, pairs, target),
+        distances = pair_distances(models.embed_images(embedding, images), pairs.first,
+                                   pairs.second)
+        result = {**calibration.calibrate_distances(distances, pairs.same, target),
                   "pairs": f"{len(pairs.same)} {described}"}
-        distances = pair_distances(vectors, pairs.first, pairs.second)
         return result, calibration.write_calibration(run_dir, result, distances, pairs.same)
 
 
@@ -252,10 +247,17 @@ def _held_out_images(config: TrainConfig, recorded, embedding, pairs_source):
         gallery = read_gallery(pairs_source, tuple(embedding.input_shape[1:]))
         labels = np.unique(gallery.classes, return_inverse=True)[1].reshape(-1)
         return gallery.images, labels, f"pairs drawn from {pairs_source}"
+    seen = _run_sets(config, recorded, "calibrating on it would not describe the model's "
+                     "test data")[1].seen
+    return seen.test_images, seen.test_labels, "fixed test pairs of the trained classes"
+
+
+def _run_sets(config: TrainConfig, recorded: dict | None, doing: str | None):
+    """``(data, evaluation sets)`` of a finished run, its data checked to be the one it
+    recorded (DataError ending in ``doing``) unless ``doing`` is None."""
     from keras_siamese.splits import evaluation_sets
 
     data = load_run_data(config)
-    check_data_unchanged(config.run_dir, recorded, fingerprint(data),
-                         "calibrating on it would not describe the model's test data")
-    seen = evaluation_sets(data, config.holdout_classes, config.limit, config.seed).seen
-    return seen.test_images, seen.test_labels, "fixed test pairs of the trained classes"
+    if doing is not None:
+        check_data_unchanged(config.run_dir, recorded, fingerprint(data), doing)
+    return data, evaluation_sets(data, config.holdout_classes, config.limit, config.seed)
