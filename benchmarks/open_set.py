@@ -8,12 +8,14 @@ the model never saw), it runs the commands a user would:
    images of the seen classes;
 3. ``siamese-keras index RUN new.npy --labels new_labels.npy --add INDEX``: 1 (then 5)
    training images of each of the classes 7 and 8; class 9 stays in no gallery;
-4. ``siamese-keras classify INDEX test.npy`` on the test images,
+4. ``siamese-keras classify INDEX test.npy`` on the test images, at the index's own
+   open-set threshold (the default) and with ``--threshold calibrated`` (the pair
+   threshold of step 1),
 
-and prints: accuracy on the seen classes' test images, on classes 7 and 8 after adding 1
-and 5 examples (an "unknown" answer counts as wrong), and the share of class 9's test
-images answered "unknown" (the right answer: it is in no gallery), with the share of
-seen-class images wrongly called "unknown".
+and prints, for each threshold: accuracy on the seen classes' test images, on classes 7
+and 8 after adding 1 and 5 examples (an "unknown" answer counts as wrong), and the share
+of class 9's test images answered "unknown" (the right answer: it is in no gallery), with
+the share of seen-class images wrongly called "unknown".
 
 Usage: python benchmarks/open_set.py output/contrastive_mnist_holdout --work /tmp/open_set
 """
@@ -45,8 +47,12 @@ def save(work: Path, name: str, images, labels, class_names) -> Path:
     return work / f"{name}.npy"
 
 
-def classified(index: Path, images: Path) -> list[str]:
-    return [line.split("\t")[1] for line in command("classify", index, images).splitlines()]
+THRESHOLDS = ("gallery", "calibrated")
+
+
+def classified(index: Path, images: Path, threshold: str) -> list[str]:
+    return [line.split("\t")[1] for line in
+            command("classify", index, images, "--threshold", threshold).splitlines()]
 
 
 def main() -> None:
@@ -76,10 +82,11 @@ def main() -> None:
     truth = {kind: [names[c] for c in data.y_test[mask]] for kind, mask in tests.items()}
     files = {kind: save(args.work, f"test_{kind}", data.x_test[mask], data.y_test[mask], names)
              for kind, mask in tests.items()}
-    answers = classified(index, files["seen"])
-    rows = {"threshold": calibration["threshold"], "target": args.target,
-            "seen_accuracy": _accuracy(answers, truth["seen"]),
-            "seen_unknown": answers.count("unknown") / len(answers)}
+    rows = {"calibrated_threshold": calibration["threshold"], "target": args.target}
+    for threshold in THRESHOLDS:
+        answers = classified(index, files["seen"], threshold)
+        rows[threshold] = {"seen_accuracy": _accuracy(answers, truth["seen"]),
+                           "seen_unknown": answers.count("unknown") / len(answers)}
     total = 0
     for shots in (1, 5):
         picked = np.concatenate([np.flatnonzero(data.y_train == c)[total:shots]
@@ -88,11 +95,19 @@ def main() -> None:
         command("index", args.run, new, "--labels", args.work / f"new{shots}_labels.npy",
                 "--add", index)
         total = shots
-        rows[f"added_accuracy_{shots}_shot"] = _accuracy(classified(index, files["added"]),
-                                                         truth["added"])
-    rows["absent_unknown"] = classified(index, files["absent"]).count("unknown") / \
-        len(truth["absent"])
+        for threshold in THRESHOLDS:
+            rows[threshold][f"added_accuracy_{shots}_shot"] = _accuracy(
+                classified(index, files["added"], threshold), truth["added"])
+    rows["gallery_threshold"] = json.loads(_meta(index))["unknown_threshold"]
+    for threshold in THRESHOLDS:
+        rows[threshold]["absent_unknown"] = classified(
+            index, files["absent"], threshold).count("unknown") / len(truth["absent"])
     print(json.dumps(rows, indent=2))
+
+
+def _meta(index: Path) -> str:
+    with np.load(index / "index.npz", allow_pickle=False) as arrays:
+        return str(arrays["meta"])
 
 
 def _accuracy(answers: list[str], truth: list[str]) -> float:

@@ -2,16 +2,15 @@
 
     python benchmarks/search_speed.py [--quick] [--sizes 100000,1000000] [--queries 10000]
                                       [--data gaussian,real] [--approximate real:1000000]
-                                      [--ef-search 16,32,64,128] [--chunk-size 256]
+                                      [--ef-search 16,32,64,128] [--chunk-size 1024]
                                       [--json PATH]
 
-Exact: ``neighbours.nearest_neighbours(queries, gallery, k=10)`` (float64, exact ranking)
+Exact: ``neighbours.nearest_neighbours(queries, gallery, k=10)`` (exact ranking: float32 scores, float64 distances)
 for each data kind and gallery size. Its seconds, queries per second, and the effective
 rate ``2 n m D / seconds`` (the FLOPs of the distance matrix product, over the whole
 search) are set against TensorFlow's float32 matmul rate (4096 x 4096) measured in the same
-run, before and after the searches (other work on a shared machine moves it; both are
-printed, the ratio uses their mean). The float64 matmul rate is printed too: the exact
-engine multiplies in float64.
+process just before and just after that search (other work on a shared machine moves it:
+the ratio uses their mean). The rates before and after all searches are printed too.
 
 Approximate: ``approximate.ApproximateSearch`` (faiss HNSW) on the cases named by
 ``--approximate``: build seconds, search seconds at the library's ``ef_search``, speed-up
@@ -132,15 +131,20 @@ def step_exact(kind, size, queries, save, chunk_size) -> dict:
     from keras_siamese import neighbours
 
     gallery, query_vectors = make_data(kind, size, queries)
-    neighbours.nearest_neighbours(query_vectors[:4], gallery[:1000], K)  # TF start-up
+    # TensorFlow start-up and the one trace of the search, on a gallery large enough for
+    # the same (blocked) path as the timed search.
+    neighbours.nearest_neighbours(query_vectors[:4], gallery[:min(size, 10_000)], K)
+    before = step_matmul()["float32_gflops"]
     baseline = _reset_peak()
     started = time.perf_counter()
     indices = neighbours.nearest_neighbours(query_vectors, gallery, K, chunk_size=chunk_size)
     seconds = time.perf_counter() - started
     peak = _peak_since(baseline)
+    after = step_matmul()["float32_gflops"]
     if save:
         np.save(save, indices)
-    return {"seconds": seconds, "peak_extra_bytes": peak, "gallery_bytes": gallery.nbytes}
+    return {"seconds": seconds, "peak_extra_bytes": peak, "gallery_bytes": gallery.nbytes,
+            "matmul_float32_gflops": (before + after) / 2}
 
 
 def step_approximate(kind, size, queries, exact_file, ef_values) -> dict:
@@ -205,9 +209,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "'none' for none")
     parser.add_argument("--ef-search", default="16,32,64,128",
                         help="ef_search values for the recall/speed sweep")
-    parser.add_argument("--chunk-size", type=int, default=256,
-                        help="queries per chunk of the exact search (its default: 256); "
-                             "memory holds chunk_size x gallery size float64 scores")
+    parser.add_argument("--chunk-size", type=int, default=1024,
+                        help="queries per chunk of the exact search (its default: 1024); "
+                             "memory holds chunk_size x gallery size / 64 block maxima")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -257,7 +261,7 @@ def measure_start(queries: int, chunk_size: int) -> dict:
 def run_exact(kinds, sizes, queries, cases, chunk_size, folder) -> dict:
     """Time the exact search for each kind and size; print and return {(kind, size): result}."""
     exact = {}
-    print(f"\nexact search (neighbours.nearest_neighbours, float64, "
+    print(f"\nexact search (neighbours.nearest_neighbours, "
           f"chunk_size={chunk_size}):")
     for kind in kinds:
         for size in sizes:
@@ -301,26 +305,24 @@ def run_approximate(cases, queries, ef_search, folder, exact) -> dict:
     return figures
 
 
-def measure_end(figures: dict) -> float:
-    """Measure and print the matmul rates after the searches; return the mean float32 rate."""
+def measure_end(figures: dict) -> None:
+    """Measure and print the matmul rates after the searches."""
     figures["matmul_after"] = _child("matmul")
     figures["load_average_end"] = os.getloadavg()
-    float32 = (figures["matmul_before"]["float32_gflops"] +
-               figures["matmul_after"]["float32_gflops"]) / 2
-    print(f"\nTensorFlow float32 matmul after the searches: "
-          f"{figures['matmul_after']['float32_gflops']:.0f} GFLOP/s (mean {float32:.0f}); "
-          f"float64 {figures['matmul_after']['float64_gflops']:.0f}; load average "
+    print(f"\nTensorFlow matmul after the searches: float32 "
+          f"{figures['matmul_after']['float32_gflops']:.0f} GFLOP/s, float64 "
+          f"{figures['matmul_after']['float64_gflops']:.0f}; load average "
           f"{os.getloadavg()[0]:.1f}")
-    return float32
 
 
-def print_targets(exact: dict, approximate: dict, float32: float) -> None:
+def print_targets(exact: dict, approximate: dict) -> None:
     """Print whether each exact and approximate case meets its speed and memory targets."""
     print("\ntargets:")
     for (kind, size), result in exact.items():
-        ratio = result["gflops"] / float32
-        print(f"  exact {kind} {size:,}: {ratio:.0%} of the float32 matmul rate "
-              f"({'meets' if ratio >= 0.5 else 'misses'} 'at least half'"
+        ratio = result["gflops"] / result["matmul_float32_gflops"]
+        print(f"  exact {kind} {size:,}: {ratio:.0%} of the float32 matmul rate measured "
+              f"just before and after it ({result['matmul_float32_gflops']:.0f} GFLOP/s; "
+              f"{'meets' if ratio >= 0.5 else 'misses'} 'at least half'"
               f"{'' if ratio >= 0.5 else f', by {0.5 / ratio:.1f}x'})")
     for (kind, size), result in exact.items():
         if size >= 1_000_000:  # the memory target is set for 1,000,000 vectors
@@ -358,8 +360,8 @@ def main(argv=None) -> None:
         figures["exact"] = {f"{kind}:{size}": r for (kind, size), r in exact.items()}
         figures["approximate"] = run_approximate(cases, queries, args.ef_search, folder,
                                                  exact)
-    float32 = measure_end(figures)
-    print_targets(exact, figures["approximate"], float32)
+    measure_end(figures)
+    print_targets(exact, figures["approximate"])
 
     if args.json:
         with open(args.json, "w") as out:

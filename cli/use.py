@@ -28,6 +28,25 @@ def _threshold(run_dir) -> float:
     return threshold
 
 
+def _unknown_threshold(index, choice: str) -> float:
+    """classify's --threshold: 'gallery', 'calibrated' or a number (see its help)."""
+    if choice == "gallery" and index.unknown_threshold is not None:
+        return index.unknown_threshold
+    if choice in ("gallery", "calibrated"):
+        if choice == "gallery":
+            click.echo("note: a gallery of one item has no threshold of its own: using the "
+                       "run's", err=True)
+        return _threshold(index.run)
+    try:
+        value = float(choice)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise click.BadParameter(f"must be gallery, calibrated or a distance >= 0, got "
+                                 f"{choice!r}", param_hint="--threshold")
+    return value
+
+
 def _queries(index, queries, invert: bool):
     """The query images embedded by the index's (checked) model, and their names."""
     from keras_siamese.embed import read_inputs
@@ -129,9 +148,10 @@ def search(index_dir, queries, k, backend, out, invert):
 @click.argument("queries", nargs=-1, required=True)
 @click.option("-k", type=int, default=1, show_default=True,
               help="Nearest gallery items that vote (a tie goes to the nearest).")
-@click.option("--threshold", type=float, default=None,
-              help="Distance above which an image is 'unknown'  [default: the run's "
-                   "calibrated threshold]")
+@click.option("--threshold", default="gallery", show_default=True,
+              help="Distance above which an image is 'unknown': 'gallery' (the index's own: "
+                   "99%% of its items have another item this near), 'calibrated' (the run's "
+                   "pair threshold, see calibrate), or a number.")
 @click.option("--backend", type=click.Choice(["exact", "approximate"]), default="exact",
               show_default=True, help="As for search.")
 @click.option("--invert", is_flag=True, help="Use 255 - pixel (dark strokes on light paper).")
@@ -147,8 +167,7 @@ def classify(index_dir, queries, k, threshold, backend, invert):
     if k < 1:
         raise click.BadParameter(f"must be at least 1, got {k}", param_hint="-k")
     index = Index.load(index_dir)
-    if threshold is None:
-        threshold = _threshold(index.run)
+    threshold = _unknown_threshold(index, threshold)
     vectors, names = _queries(index, queries, invert)
     for name, (label, distance) in zip(names, index.classify(vectors, threshold, k, backend)):
         click.echo(f"{name}\t{label}\t{distance:.4f}")

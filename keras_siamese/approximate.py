@@ -161,6 +161,28 @@ class ApproximateSearch:
         finally:
             self._faiss.omp_set_num_threads(threads)
 
+    def save(self, path) -> None:
+        """Write the graph and its vectors to ``path`` (faiss's own format), atomically."""
+        from keras_siamese.outputs import atomic_path
+
+        with atomic_path(path) as tmp:
+            self._faiss.write_index(self._index, str(tmp))
+
+    @classmethod
+    def load(cls, path, ef_search: int = EF_SEARCH) -> "ApproximateSearch":
+        """A search saved by :meth:`save`; ValueError if ``path`` holds no HNSW graph."""
+        faiss = _faiss()
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as error:  # faiss reports unreadable files this way
+            raise ValueError(f"{path} is not a faiss index: {error}") from error
+        if not hasattr(index, "hnsw"):
+            raise ValueError(f"{path} holds a faiss index without an HNSW graph")
+        search = cls.__new__(cls)
+        search._faiss, search._index, search.build_threads = faiss, index, 1
+        search.ef_search = ef_search
+        return search
+
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest gallery vectors the graph finds for each query, nearest first.
 

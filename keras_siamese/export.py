@@ -16,7 +16,9 @@ pixels, float32 ``[batch, H, W, C]`` in 0..255. Its signatures:
 - ``classify(image) -> {"class_index", "class_name", "distance", "unknown"}``, given
   ``--index INDEX_DIR``: the gallery's embeddings, labels and class names stored inside the
   SavedModel; the nearest gallery item (1-NN, distances in float64, the lowest position
-  first on a tie), its class, its distance, and ``unknown = distance > t``.
+  first on a tie), its class, its distance, and ``unknown = distance > u`` at the index's
+  open-set threshold ``u`` (:mod:`keras_siamese.index`; ``t`` for a one-item gallery), as
+  ``siamese-keras classify`` answers by default.
 
 Every signature checks its images and refuses, with an ``InvalidArgumentError`` saying
 what it expects, a batch of another size than the model's (TensorFlow's signatures let
@@ -28,6 +30,8 @@ Reload it with plain TensorFlow: ``tf.saved_model.load(path).signatures["serving
 The export folder also holds ``assets.extra/keras_siamese.json`` (the run it came from),
 so ``siamese-keras export`` knows a folder it may replace; ``assets.extra`` is the
 SavedModel convention for files TensorFlow Serving ignores.
+
+ONNX and LiteRT files of the embedding net: :mod:`keras_siamese.export_formats`.
 """
 
 from __future__ import annotations
@@ -142,6 +146,9 @@ def _add_decisions(archive, embed, image, threshold: float, index) -> None:
     norms = tf.reduce_sum(tf.square(gallery), axis=1)
     labels = tf.constant(index.labels, tf.int64)
     names = tf.constant(index.class_names)
+    # As the classify command: the gallery's own open-set threshold (index module doc).
+    unknown_beyond = index.unknown_threshold if index.unknown_threshold is not None \
+        else threshold
 
     def classify(image):
         # |q - g|^2 = |q|^2 - 2 q.g + |g|^2 in float64; the first of equal minima wins.
@@ -153,7 +160,7 @@ def _add_decisions(archive, embed, image, threshold: float, index) -> None:
         distance = tf.sqrt(tf.gather(squared, nearest, batch_dims=1))
         label = tf.gather(labels, nearest)
         return {"class_index": label, "class_name": tf.gather(names, label),
-                "distance": distance, "unknown": distance > threshold}
+                "distance": distance, "unknown": distance > unknown_beyond}
 
     archive.add_endpoint("classify", classify, input_signature=[image])
 

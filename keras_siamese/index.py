@@ -6,6 +6,15 @@ retraining (the one-shot use: a new class arrives with one to five examples);
 ``search`` returns the k nearest gallery items of each query; ``classify`` votes among
 them and answers ``unknown`` beyond a distance threshold (open-set recognition).
 
+The open-set threshold (``unknown_threshold``) is the gallery's own: the
+``UNKNOWN_QUANTILE`` quantile of its items' distances to their nearest *other* gallery item
+(leave-one-out, on up to ``THRESHOLD_SAMPLE`` items drawn with a fixed seed), so about 1 %
+of images like the gallery's are called unknown. Why not the run's calibrated pair
+threshold: that one separates same-class from different-class *pairs* drawn at random,
+while a query's nearest neighbour in a gallery of thousands is far nearer than a random
+pair of its class, so almost nothing would ever be unknown (``benchmarks/open_set.py``
+measured 0.0 % of an unseen digit called unknown at the pair threshold).
+
 Format (version 1): the folder ``INDEX_DIR`` holds one file, ``index.npz`` (NumPy's zip
 of arrays, read without pickle), replaced atomically on every save, so a save that is
 killed leaves the old index or the new one, never a mix:
@@ -16,7 +25,15 @@ killed leaves the old index or the new one, never a mix:
 - ``meta``: a JSON string: ``format`` ("keras-siamese-index"), ``version`` (1), ``run``
   (the absolute run folder), ``model_fingerprint`` (sha256 of the embedding net's
   weights, :func:`model_fingerprint`), ``input_shape``, ``distance`` ("euclidean"),
-  ``class_names``.
+  ``class_names``, ``unknown_threshold`` and ``unknown_quantile`` (above; the threshold
+  is null for a gallery of one item).
+
+The approximate backend's HNSW graph (:mod:`keras_siamese.approximate`) takes minutes to
+build for a million items, so the first approximate search of a saved index builds it
+and saves it beside ``index.npz`` as ``hnsw-<digest>.faiss``, where the digest (sha256 of
+the embeddings and the graph's settings) ties it to exactly these embeddings: later
+searches load it, and a changed index (``--add``) gets a new graph (the stale one is
+removed). Losing that file loses nothing but time.
 
 Before embedding queries, the index checks that the run's model still has the fingerprint
 it was built with: a run retrained or overwritten since would give embeddings in another
@@ -43,6 +60,8 @@ FORMAT = "keras-siamese-index"
 VERSION = 1
 FILE = "index.npz"
 UNKNOWN = "unknown"
+UNKNOWN_QUANTILE = 0.99
+THRESHOLD_SAMPLE = 10_000
 
 
 def model_fingerprint(embedding) -> str:
@@ -75,6 +94,8 @@ class Index:
     run: str
     fingerprint: str
     input_shape: tuple[int, int, int]
+    unknown_threshold: float | None = None
+    folder: Path | None = dataclasses.field(default=None, compare=False)  # where it is saved
 
     @classmethod
     def build(cls, run_dir, gallery: Gallery, embedding=None) -> "Index":
@@ -108,6 +129,19 @@ class Index:
         self.embeddings = np.concatenate([self.embeddings, vectors.astype(np.float32)])
         self.labels = np.concatenate([self.labels, labels])
         self.sources = self.sources + list(gallery.sources)
+        self.unknown_threshold = self._gallery_threshold()
+
+    def _gallery_threshold(self) -> float | None:
+        """The module doc's open-set threshold of the current gallery."""
+        count = len(self.labels)
+        if count < 2:
+            return None
+        picked = np.sort(np.random.default_rng(0).permutation(count)[:THRESHOLD_SAMPLE])
+        nearest = np.concatenate([rows for _, rows in neighbours.neighbour_chunks(
+            self.embeddings[picked], self.embeddings, 1, skip=picked)])
+        distances = neighbours.neighbour_distances(self.embeddings[picked], self.embeddings,
+                                                   nearest)
+        return float(np.quantile(distances, UNKNOWN_QUANTILE))
 
     def embedding(self, embedding=None):
         """The run's embedding net, checked to be the one the index was built with."""
@@ -137,13 +171,35 @@ class Index:
             found = neighbours.nearest_neighbours(queries, self.embeddings, k)
             distances = neighbours.neighbour_distances(queries, self.embeddings, found)
         elif backend == "approximate":
-            from keras_siamese.approximate import ApproximateSearch
-
-            found, distances = ApproximateSearch(self.embeddings).search(queries, k)
+            found, distances = self.approximate_search().search(queries, k)
         else:
             raise ConfigError(f"unknown backend {backend!r}: choose exact or approximate")
         classes = [[self.class_names[self.labels[i]] for i in row] for row in found]
         return SearchResult(found, distances, classes)
+
+    def approximate_search(self):
+        """The HNSW graph of this gallery: loaded from the index folder when saved there
+        for these embeddings, else built (and saved there, if the index has a folder)."""
+        from keras_siamese import approximate
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.embeddings).tobytes())
+        digest.update(f"{approximate.LINKS} {approximate.EF_CONSTRUCTION}".encode())
+        path = self.folder / f"hnsw-{digest.hexdigest()[:16]}.faiss" if self.folder else None
+        if path is not None and path.is_file():
+            try:
+                return approximate.ApproximateSearch.load(path)
+            except ValueError:
+                pass  # damaged: built again below, and replaced
+        search = approximate.ApproximateSearch(self.embeddings)
+        if path is not None:
+            try:
+                search.save(path)
+                for stale in self.folder.glob("hnsw-*.faiss"):
+                    if stale != path:
+                        stale.unlink()
+            except OSError:
+                pass  # a read-only index still searches; it builds the graph each time
+        return search
 
     def classify(self, query_embeddings, threshold: float, k: int = 1,
                  backend: str = "exact") -> list[tuple[str, float]]:
@@ -169,13 +225,15 @@ class Index:
         except OSError as error:
             raise OutputError(f"cannot write the index {folder}: "
                               f"{error.strerror or error}") from error
+        self.folder = folder
         return folder
 
     def _meta(self) -> np.ndarray:
         return np.array(json.dumps({
             "format": FORMAT, "version": VERSION, "run": self.run,
             "model_fingerprint": self.fingerprint, "input_shape": list(self.input_shape),
-            "distance": "euclidean", "class_names": self.class_names}))
+            "distance": "euclidean", "class_names": self.class_names,
+            "unknown_threshold": self.unknown_threshold, "unknown_quantile": UNKNOWN_QUANTILE}))
 
     @classmethod
     def load(cls, folder) -> "Index":
@@ -197,7 +255,8 @@ class Index:
             raise DataError(f"{path} is an index of format version {meta.get('version')}; "
                             f"this version reads {VERSION}: rebuild it")
         return cls(embeddings, labels, list(meta["class_names"]), sources, meta["run"],
-                   meta["model_fingerprint"], tuple(meta["input_shape"]))
+                   meta["model_fingerprint"], tuple(meta["input_shape"]),
+                   meta.get("unknown_threshold"), Path(folder))
 
 
 def check_new_index(folder, overwrite: bool) -> None:

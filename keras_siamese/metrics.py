@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from keras_siamese.neighbours import (as_embeddings, nearest_neighbours,
+from keras_siamese.neighbours import (CHUNK_SIZE, as_embeddings, nearest_neighbours,
                                       neighbour_chunks, squared_distances)
 
 
@@ -59,7 +59,7 @@ def majority_vote(neighbour_labels) -> np.ndarray:
 
 
 def precision_at_1(query_embeddings, query_labels, reference_embeddings, reference_labels,
-                   chunk_size: int = 256) -> float:
+                   chunk_size: int = CHUNK_SIZE) -> float:
     """Precision@1 (1-nearest-neighbour accuracy) of queries against references.
 
     ``P@1 = mean_q [ label(nearest reference of q) == label(q) ]``
@@ -84,7 +84,7 @@ def precision_at_1(query_embeddings, query_labels, reference_embeddings, referen
 
 
 def knn_accuracy(query_embeddings, query_labels, reference_embeddings, reference_labels,
-                 k: int = 5, chunk_size: int = 256) -> float:
+                 k: int = 5, chunk_size: int = CHUNK_SIZE) -> float:
     """Accuracy of a majority vote over the ``k`` nearest references.
 
     ``acc = mean_q [ mode(labels of the k nearest references of q) == label(q) ]``
@@ -145,7 +145,7 @@ def _leave_one_out_at_r(embeddings, labels, chunk_size: int):
     return precision, average
 
 
-def r_precision(embeddings, labels, chunk_size: int = 256) -> float:
+def r_precision(embeddings, labels, chunk_size: int = CHUNK_SIZE) -> float:
     """R-precision, leave-one-out within one set (Musgrave et al. 2020).
 
     ``RP = mean_q (1/R_q) * sum_{i=1..R_q} rel_q(i)``
@@ -171,7 +171,7 @@ def r_precision(embeddings, labels, chunk_size: int = 256) -> float:
     return _mean(_leave_one_out_at_r(embeddings, labels, chunk_size)[0])
 
 
-def map_at_r(embeddings, labels, chunk_size: int = 256) -> float:
+def map_at_r(embeddings, labels, chunk_size: int = CHUNK_SIZE) -> float:
     """MAP@R, leave-one-out within one set (Musgrave et al. 2020).
 
     ``MAP@R = mean_q (1/R_q) * sum_{i=1..R_q} P_q(i) * rel_q(i)``
@@ -414,7 +414,7 @@ def n_way_one_shot_accuracy(embeddings, labels, n_way: int = 5, episodes: int = 
 
 def embedding_metrics(train_embeddings, train_labels, test_embeddings, test_labels,
                       test_pairs: Pairs, train_pairs: Pairs, *, k: int = 5, n_ways=(5, 10),
-                      episodes: int = 1000, seed: int = 0, chunk_size: int = 256) -> dict:
+                      episodes: int = 1000, seed: int = 0, chunk_size: int = CHUNK_SIZE) -> dict:
     """All metrics of one embedding, as a flat dict of floats.
 
     - ``precision_at_1``, ``knn_accuracy`` (k voters): test queries against training

@@ -27,12 +27,22 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-_BLOCK = 64  # references per block in _largest's two-stage top-k
+_BLOCK = 32  # references per block: a block's best score stands for the block
+_TILE = 1024  # references scored at a time in _best_blocks (their scores stay in cache)
+CHUNK_SIZE = 1024  # queries per chunk: measured fastest here with _TILE (2 cores, 2 MiB L2)
+_ROWS = 65536  # references converted at a time: bounds the float64 temporaries
+_SPARE = 8  # candidates beyond the neighbours needed (see _top)
+_SPARE_BLOCKS = 2  # blocks searched beyond the neighbours needed (see _candidates)
+_FULL_SCORES = 2**25  # most scores held at once when whole rows are scored (256 MiB float64)
 
-# ``(2D + 8) * _ROUNDING * (|q| + max |r|)^2`` bounds, per query, the rounding error of
-# the matrix-product scores plus that of the exact float64 distances: at most
-# (2D + 1) + (D + 3) units of 2^-53, so the bound has room to spare.
-_ROUNDING = 2.0 ** -52
+# Scores are rounded; ``_SLACK * eps * (|q'| + max |r'|)^2`` bounds, per query, how far a
+# score may be from the exact ``|q'|^2 - |q' - r'|^2``: a (D + 1)-term dot product gives at
+# most (D + 1) eps, rounding the inputs a few more, and the factor 2 leaves room for the
+# float64 distances it is compared with. (q', r' are centred: see _score_references.)
+_SLACK = lambda dims: 2 * dims + 16  # noqa: E731  (in units of the scores' eps)
+# float32 scores need squares of |q'| + max |r'| that neither overflow nor lose digits
+# to underflow; outside this range the scores are computed in float64.
+_FLOAT32_RANGE = (1e-15, 1e15)
 
 
 def as_embeddings(x, name: str = "embeddings") -> np.ndarray:
@@ -42,7 +52,15 @@ def as_embeddings(x, name: str = "embeddings") -> np.ndarray:
     >>> as_embeddings([[1, 2]]).dtype
     dtype('float64')
     """
-    x = np.asarray(x, np.float64)
+    return _as_exact(x, name).astype(np.float64, copy=False)
+
+
+def _as_exact(x, name: str) -> np.ndarray:
+    """``x`` validated as :func:`as_embeddings` does, float32 kept as it is (converting it
+    to float64 is exact, so a gallery needs no float64 copy)."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (examples, dimensions), got shape {x.shape}")
     if not np.isfinite(x).all():
@@ -52,7 +70,7 @@ def as_embeddings(x, name: str = "embeddings") -> np.ndarray:
 
 def squared_distances(a, b):
     """Exact ``|a - b|^2 = sum_j (a_j - b_j)^2`` along the last axis, for broadcastable
-    (..., D) arrays.
+    (..., D) arrays, in float64.
 
     Sums dimension by dimension in a fixed order, so identical points always get
     bit-identical distances (a matrix product does not guarantee that).
@@ -61,41 +79,11 @@ def squared_distances(a, b):
     >>> squared_distances([[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0]]).tolist()
     [25.0, 13.0]
     """
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     total = np.zeros(np.broadcast_shapes(a.shape, b.shape)[:-1])
     for j in range(a.shape[-1]):
         total += np.square(a[..., j] - b[..., j])
     return total
-
-
-def _largest(scores, k: int):
-    """Values and columns (numpy) of the k largest scores per row, largest first.
-
-    Equal scores come in no particular order: :func:`_search` never trusts the order of
-    scores closer than the rounding bound, let alone equal ones.
-
-    For small k, rows are cut into blocks of ``_BLOCK`` columns (the width is a multiple
-    of it): the k blocks with the largest maxima hold the k largest scores, as those k
-    maxima are at least as large as every score of any other block. So a max per block
-    plus a top-k of ``k * _BLOCK`` candidates replaces a top-k of the whole row. For large
-    k, a linear-time partial sort (``np.argpartition``) beats ``tf.math.top_k``, which
-    slows down as k grows.
-    """
-    n, width = scores.shape
-    if k * _BLOCK * 4 <= width:
-        blocks = tf.reshape(scores, (n, width // _BLOCK, _BLOCK))
-        _, best = tf.math.top_k(tf.reduce_max(blocks, axis=2), k)
-        candidates = tf.reshape(tf.gather(blocks, best, batch_dims=1), (n, k * _BLOCK))
-        values, position = tf.math.top_k(candidates, k)
-        columns = tf.gather(best, position // _BLOCK, batch_dims=1) * _BLOCK + \
-            position % _BLOCK
-        return values.numpy(), columns.numpy()
-    scores = scores.numpy()
-    rows = np.arange(n)[:, None]
-    columns = np.argpartition(scores, width - k, axis=1)[:, width - k:]
-    values = scores[rows, columns]
-    order = np.argsort(-values, axis=1)
-    return values[rows, order], columns[rows, order]
 
 
 class _Groups(NamedTuple):
@@ -111,11 +99,30 @@ class _Groups(NamedTuple):
     count: np.ndarray
 
 
+def _all_distinct(x) -> bool:
+    """True if no two rows of ``x`` are equal (False may also mean a hash collision).
+
+    Sorting a 64-bit hash of each row's bits is several times faster than sorting the
+    rows themselves, and equal rows always hash alike."""
+    words = np.ascontiguousarray(x).view(np.uint32)
+    multipliers = np.random.default_rng(0).integers(1, 2**63, words.shape[1], np.uint64) | 1
+    hashes = np.concatenate([  # a random linear hash, modulo 2^64 (wrapping by design)
+        (words[start:start + _ROWS].astype(np.uint64) * multipliers).sum(axis=1)
+        for start in range(0, len(words), _ROWS)] or [np.zeros(0, np.uint64)])
+    hashes.sort()
+    return not np.any(hashes[1:] == hashes[:-1])
+
+
 def _groups(x) -> _Groups:
-    x = x + 0.0  # -0.0 becomes 0.0: one vector, one group
+    if np.any(np.signbit(x) & (x == 0)):
+        x = x + x.dtype.type(0)  # -0.0 becomes 0.0: one vector, one group
+    if _all_distinct(x):  # the usual case: no copy, each row its own group
+        every = np.arange(len(x))
+        return _Groups(x, every, every, np.ones(len(x), np.int64))
     rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.itemsize * x.shape[1]))).ravel()
     _, first, inverse, count = np.unique(rows, return_index=True, return_inverse=True,
                                          return_counts=True)
+    del rows
     members = np.argsort(inverse.reshape(-1), kind="stable")
     return _Groups(x[first], members, np.r_[0, np.cumsum(count)[:-1]], count)
 
@@ -129,69 +136,214 @@ def _members(groups: _Groups, chosen, take):
 
 
 class _Scored(NamedTuple):
-    """References ready to be scored against any chunk of queries.
+    """References ready to be scored against any chunk of queries (see _score_references).
 
-    ``augmented`` holds row ``(r, |r|^2)`` per distinct reference vector, padded with
-    rows that score -inf to a multiple of ``_BLOCK`` rows; ``count`` is the number of
-    references per row (0 for padding), ``max_norm`` the largest ``|r|``.
+    ``tiles`` holds row ``(r', |r'|^2)`` per distinct reference vector
+    ``r' = r - centre``,
+    padded with rows that score -inf to whole tiles, shaped (tiles, tile rows, D + 1);
+    ``count`` is the number of references per row (0 for padding); ``radius`` the largest
+    ``|r'|``; ``eps`` the unit roundoff of the scores' dtype.
     """
 
     groups: _Groups
-    augmented: tf.Tensor
+    tiles: tf.Tensor
     count: np.ndarray
-    max_norm: float
+    centre: np.ndarray
+    radius: float
+    eps: float
+
+    @property
+    def flat(self) -> tf.Tensor:
+        return tf.reshape(self.tiles, (-1, self.tiles.shape[-1]))
 
 
-def _score_references(references) -> _Scored:
-    dims = references.shape[1]
+def _blocked(top: int, width: int) -> bool:
+    """Whether :func:`_candidates` finds ``top`` candidates among ``width`` by blocks."""
+    return top * _BLOCK * 4 <= width
+
+
+def _score_references(references, most_needed: int) -> _Scored:
+    """References ready for :func:`_search` of at most ``most_needed`` neighbours."""
     # Identical references get one score and one exact distance: a collapsed model (many
     # images on one point) then costs no more than a healthy one.
     groups = _groups(references)
-    distinct = len(groups.vectors)
-    norms2 = np.sum(np.square(groups.vectors), axis=1)
-    # One matrix product gives every score ``2 q.r - |r|^2 = |q|^2 - |q - r|^2`` (larger
-    # = nearer). Padding vectors score -inf, so the width is a multiple of _BLOCK.
-    width = -(-distinct // _BLOCK) * _BLOCK
-    augmented = np.zeros((width, dims + 1))
-    augmented[:distinct, :dims] = groups.vectors
-    augmented[:distinct, dims] = norms2
-    augmented[distinct:, dims] = np.inf
+    vectors = groups.vectors
+    distinct, dims = vectors.shape
+    # Distances do not change when every point moves by the same vector, but the scores'
+    # rounding error grows with |q| + |r|: centring the references shrinks it, so fewer
+    # queries need the exact re-ranking (embeddings often sit far from the origin).
+    centre = vectors.mean(axis=0, dtype=np.float64)
+    # One matrix product gives every score ``2 q'.r' - |r'|^2 = |q'|^2 - |q' - r'|^2``
+    # (larger = nearer); padding rows score -inf.
+    tile = min(_TILE, -(-distinct // _BLOCK) * _BLOCK)
+    width = -(-distinct // tile) * tile
+    # float32 scores (twice float64's speed) when few neighbours are needed: then the
+    # exact distances of a few candidates per query settle the order (_search). Many
+    # neighbours (MAP@R's R) would need too many: float64 scores order them directly.
+    blocked = _blocked(_top(most_needed, width), width)
+    for dtype in (np.float32, np.float64) if blocked else (np.float64,):
+        augmented = np.zeros((width, dims + 1), dtype)
+        augmented[distinct:, dims] = np.inf
+        radius2 = 0.0
+        for start in range(0, distinct, _ROWS):  # bounded float64 temporaries
+            part = vectors[start:start + _ROWS] - centre
+            norms2 = np.sum(np.square(part), axis=1)
+            radius2 = max(radius2, float(norms2.max()))
+            augmented[start:start + len(part), :dims] = part
+            augmented[start:start + len(part), dims] = norms2
+        radius = math.sqrt(radius2)
+        if radius == 0 or _FLOAT32_RANGE[0] < radius < _FLOAT32_RANGE[1]:
+            break
+    tiles = tf.convert_to_tensor(augmented.reshape(width // tile, tile, dims + 1))
+    del augmented
     count = np.r_[groups.count, np.zeros(width - distinct, np.int64)]
-    return _Scored(groups, tf.constant(augmented), count, math.sqrt(norms2.max()))
+    return _Scored(groups, tiles, count, centre, radius, float(np.finfo(dtype).eps))
+
+
+def _best_blocks(queries, tiles, blocks, top):
+    """The ``top`` best scores of each query among the references of its ``blocks``
+    blocks of ``_BLOCK`` with the best maxima, as (values, columns, bound): ``bound`` is
+    at least every score outside them (see :func:`_candidates`).
+
+    Scoring one tile at a time and keeping only its block maxima keeps each tile's scores
+    in cache: the whole (n, references) score matrix never goes through memory, which
+    would take longer than the product itself."""
+    n, columns = tf.shape(queries)[0], tf.shape(tiles)[-1]
+
+    def tile_maxima(tile):
+        scores = tf.matmul(queries, tile, transpose_b=True)
+        return tf.reduce_max(tf.reshape(scores, (n, -1, _BLOCK)), axis=2)
+
+    maxima = tf.map_fn(tile_maxima, tiles, parallel_iterations=2,
+                       fn_output_signature=queries.dtype)  # (tiles, n, blocks per tile)
+    maxima = tf.reshape(tf.transpose(maxima, (1, 0, 2)), (n, -1))
+    best_maxima, best = tf.math.top_k(maxima, blocks)
+    vectors = tf.gather(tf.reshape(tiles, (-1, _BLOCK, columns)), best)
+    scores = tf.einsum("nd,nbd->nb", queries, tf.reshape(vectors, (n, -1, columns)))
+    values, position = tf.math.top_k(scores, top)
+    chosen = tf.gather(best, position // _BLOCK, batch_dims=1) * _BLOCK + position % _BLOCK
+    # Others: in a chosen block, at most the top-th value; elsewhere, at most the
+    # best maximum of the blocks not chosen.
+    return values, chosen, tf.maximum(values[:, -1], best_maxima[:, -1])
+
+
+# One trace per dtype for any shapes: a search traces once per process.
+_BEST_BLOCKS = {dtype: tf.function(_best_blocks, input_signature=[
+    tf.TensorSpec((None, None), dtype), tf.TensorSpec((None, None, None), dtype),
+    tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)])
+    for dtype in (tf.float32, tf.float64)}
+
+
+def _candidates(scored: _Scored, augmented_queries, top: int):
+    """The ``top`` best-scoring distinct vectors of each query, best first, as (values,
+    columns), and a bound that every other vector's score is at most.
+
+    For small ``top``: only the blocks with the best maxima are scored again
+    (:func:`_best_blocks`); the best ``b`` blocks hold the ``b`` best scores, as their
+    maxima are at least as large as every score of any other block. Fewer blocks than
+    candidates are searched (a block often holds several near neighbours): the bound
+    then says how good the rest could be. For large ``top``, all scores of a few queries
+    at a time and a linear-time partial sort (``np.argpartition``).
+    """
+    n = augmented_queries.shape[0]
+    width = len(scored.count)
+    if _blocked(top, width):
+        values, columns, bound = _BEST_BLOCKS[augmented_queries.dtype](
+            augmented_queries, scored.tiles, max(1, top - _SPARE + _SPARE_BLOCKS), top)
+        return values.numpy(), columns.numpy().astype(np.int64), bound.numpy()
+    values = np.zeros((n, top), augmented_queries.dtype.as_numpy_dtype)
+    columns = np.zeros((n, top), np.int64)
+    step = max(1, _FULL_SCORES // width)
+    rows = np.arange(min(n, step))[:, None]
+    for start in range(0, n, step):
+        scores = tf.matmul(augmented_queries[start:start + step], scored.flat,
+                           transpose_b=True).numpy()
+        part = np.argpartition(scores, width - top, axis=1)[:, width - top:]
+        part_values = scores[rows[:len(scores)], part]
+        order = np.argsort(-part_values, axis=1)
+        values[start:start + step] = part_values[rows[:len(scores)], order]
+        columns[start:start + step] = part[rows[:len(scores)], order]
+    # Every other vector scores at most the top-th value (-inf: there are none).
+    bound = values[:, -1] if top < width else np.full(n, -np.inf)
+    return values, columns, bound
+
+
+def _top(most_needed: int, width: int) -> int:
+    """Candidates per query: the distinct vectors needed, one more to see a tie at the
+    edge, and ``_SPARE`` more so that edge is usually well beyond the last one needed."""
+    return min(most_needed + 1 + _SPARE, width)
 
 
 def _search(scored: _Scored, q, need) -> np.ndarray:
-    """The exact ``need[i]`` nearest references of each query ``q[i]``, -1 after them."""
+    """The exact ``need[i]`` nearest references of each query ``q[i]``, -1 after them.
+
+    Rounded scores pick a few candidates per query, then their order is proven:
+
+    - float64 scores (precise): where the candidates' scores are spaced more than twice
+      the rounding bound apart, up to the last one needed and the next, their order is
+      the exact order, and every other vector is farther;
+    - float32 scores: the candidates' exact distances (float64, from coordinate
+      differences) rank them; the order is proven where the last one needed is nearer
+      than any vector outside the candidates could be, given the scores' rounding.
+
+    A query whose order is not proven (ties, near-ties) is ranked again from the exact
+    distances of every vector that could be among its nearest.
+    """
     groups, count = scored.groups, scored.count
     n, dims = q.shape
-    scores = tf.matmul(tf.constant(np.hstack([2.0 * q, -np.ones((n, 1))])), scored.augmented,
-                       transpose_b=True)
-    top = min(int(need.max()) + 1, len(count))
-    values, chosen = _largest(scores, top)  # distinct vectors, nearest first
-    values = np.hstack([values, np.full((n, 1), -np.inf)])
-    covered = np.cumsum(count[chosen], axis=1)  # references in the first j+1 vectors
-    last = np.sum(covered < need[:, None], axis=1)  # the last vector needed per row
-    # Why not trust the product: its rounding can swap distances that tie or nearly
-    # tie. Where the scores of the vectors needed, and of the next one, are spaced more
-    # than twice the rounding bound apart, their order is provably exact; members of one
-    # vector tie exactly and rank by index. Other rows are ranked again below.
-    error = (2 * dims + 8) * _ROUNDING * (np.linalg.norm(q, axis=1) + scored.max_norm) ** 2
-    with np.errstate(invalid="ignore"):  # -inf - -inf beyond the padding: not needed
-        gaps = values[:, :-1] - values[:, 1:]
-    unsure = np.any((gaps <= 2 * error[:, None]) & (np.arange(top) <= last[:, None]),
-                    axis=1)
+    vectors = groups.vectors
+    distinct = len(vectors)
+    centred = q - scored.centre
+    dtype = scored.tiles.dtype.as_numpy_dtype
+    augmented = tf.constant(np.hstack([2.0 * centred, -np.ones((n, 1))]).astype(dtype))
+    norm2 = np.sum(np.square(centred), axis=1)
+    error = _SLACK(dims) * scored.eps * (np.sqrt(norm2) + scored.radius) ** 2
+    top = _top(int(need.max()), len(count))
+    values, chosen, bound = _candidates(scored, augmented, top)
+    rows, position = np.arange(n), np.arange(top)
+    if dtype == np.float64:
+        covered = np.cumsum(count[chosen], axis=1)  # references in the first j+1 vectors
+        last = np.sum(covered < need[:, None], axis=1)  # the last vector needed per row
+        following = np.hstack([values[:, 1:], np.full((n, 1), -np.inf)])
+        following[rows, last] = np.maximum(following[rows, last], bound)
+        with np.errstate(invalid="ignore"):  # -inf - -inf beyond the padding: not needed
+            unsure = np.any((values - following <= 2 * error[:, None]) &
+                            (position <= last[:, None]), axis=1)
+        floor = values[rows, last] - 2 * error  # the least score a needed vector can have
+    else:
+        exact = np.where(np.isfinite(values),  # padding rows (count 0) score -inf
+                         squared_distances(q[:, None, :],
+                                           vectors[np.minimum(chosen, distinct - 1)]),
+                         np.inf)
+        order = np.lexsort((chosen, exact), axis=1)
+        chosen = np.take_along_axis(chosen, order, axis=1)
+        exact = np.take_along_axis(exact, order, axis=1)
+        covered = np.cumsum(count[chosen], axis=1)
+        last = np.sum(covered < need[:, None], axis=1)
+        # Proven: every vector outside the candidates is farther than the last one
+        # needed (its exact distance is at least |q'|^2 - bound - error), and the vectors
+        # needed and the next one have distinct distances (else their members interleave).
+        with np.errstate(invalid="ignore"):  # inf - inf beyond the padding: never needed
+            ties = (exact[:, 1:] == exact[:, :-1]) & (position[:-1] <= last[:, None])
+        unsure = (exact[rows, last] >= norm2 - bound - error) | ties.any(axis=1)
+        floor = norm2 - exact[rows, last] - error
     take = np.clip(need[:, None] - (covered - count[chosen]), 0, count[chosen])
     neighbours = np.full((n, need.max()), -1, np.int64)
-    rows = np.repeat(np.arange(n), need)
-    neighbours[rows, np.arange(len(rows)) - np.repeat(np.cumsum(need) - need, need)] = \
-        _members(groups, chosen.ravel(), take.ravel())
-    for i in np.flatnonzero(unsure):
-        # Every vector that could rank among the first need[i], by exact distance.
-        row = scores[i].numpy()
-        window = np.flatnonzero(row >= values[i, last[i]] - 2 * error[i])
-        exact = np.repeat(squared_distances(q[i], groups.vectors[window]), count[window])
-        members = _members(groups, window, count[window])
-        neighbours[i, :need[i]] = members[np.lexsort((members, exact))[:need[i]]]
+    flat_rows = np.repeat(rows, need)
+    neighbours[flat_rows, np.arange(len(flat_rows)) - np.repeat(np.cumsum(need) - need, need)] \
+        = _members(groups, chosen.ravel(), take.ravel())
+    unsure = np.flatnonzero(unsure)
+    step = max(1, _FULL_SCORES // len(count))  # rows scored at once: one pass over them all
+    for start in range(0, len(unsure), step):
+        some = unsure[start:start + step]
+        scores = tf.matmul(tf.gather(augmented, some), scored.flat, transpose_b=True).numpy()
+        for i, row in zip(some, scores[:, :distinct]):
+            # Every vector that could be as near as the last one needed, by exact distance.
+            window = np.flatnonzero(row >= floor[i])
+            exact_window = np.repeat(squared_distances(q[i], vectors[window]),
+                                     groups.count[window])
+            members = _members(groups, window, groups.count[window])
+            neighbours[i, :need[i]] = members[np.lexsort((members, exact_window))[:need[i]]]
     return neighbours
 
 
@@ -205,7 +357,7 @@ def _drop_skipped(neighbours, skip, need) -> np.ndarray:
 
 
 def _chunks(queries, references, k, skip, chunk_size: int):
-    scored = _score_references(references)
+    scored = _score_references(references, int(k.max(initial=1)) + (skip is not None))
     for start in range(0, len(queries), chunk_size):
         stop = start + chunk_size
         need = k[start:stop] + (skip is not None)  # a query may find itself
@@ -216,8 +368,8 @@ def _chunks(queries, references, k, skip, chunk_size: int):
 
 
 def _queries_and_references(query_embeddings, reference_embeddings, chunk_size: int):
-    queries = as_embeddings(query_embeddings, "query embeddings")
-    references = as_embeddings(reference_embeddings, "reference embeddings")
+    queries = _as_exact(query_embeddings, "query embeddings")
+    references = _as_exact(reference_embeddings, "reference embeddings")
     if queries.shape[1] != references.shape[1]:
         raise ValueError(f"queries have {queries.shape[1]} dimensions, references "
                          f"{references.shape[1]}")
@@ -227,7 +379,7 @@ def _queries_and_references(query_embeddings, reference_embeddings, chunk_size: 
 
 
 def nearest_neighbours(query_embeddings, reference_embeddings, k: int = 1,
-                       chunk_size: int = 256) -> np.ndarray:
+                       chunk_size: int = CHUNK_SIZE) -> np.ndarray:
     """Indices of the ``k`` nearest references of each query, nearest first.
 
     Ranked by squared Euclidean distance ``|q - r|^2`` computed in float64, with equal
@@ -267,7 +419,7 @@ def nearest_neighbours(query_embeddings, reference_embeddings, k: int = 1,
 
 
 def neighbour_chunks(query_embeddings, reference_embeddings, k, skip=None,
-                     chunk_size: int = 256):
+                     chunk_size: int = CHUNK_SIZE):
     """The nearest references of each query, ranked as in :func:`nearest_neighbours`,
     a chunk of ``chunk_size`` queries at a time.
 

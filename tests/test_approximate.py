@@ -199,3 +199,40 @@ def test_without_faiss_the_module_imports_and_says_how_to_install(monkeypatch):
                        match="^the approximate backend needs faiss: pip install faiss-cpu$"):
         approximate.ApproximateSearch(np.zeros((3, 2)))
     assert approximate.recall_at_k([[0]], [[0]]) == 1.0  # needs no faiss
+
+
+def test_a_saved_index_builds_its_graph_once_and_rebuilds_it_when_it_changes(
+        faiss, gallery, queries, tmp_path, monkeypatch):
+    """The graph is saved beside index.npz for exactly these embeddings: reloaded, not
+    rebuilt; an index changed by --add gets a new graph and loses the stale one; a
+    damaged graph file is built again."""
+    from keras_siamese.index import Index
+
+    index = Index(gallery[:1500].copy(), np.zeros(1500, np.int32), ["a"],
+                  [f"g{i}" for i in range(1500)], "/nowhere", "fingerprint", (28, 28, 1))
+    index.save(tmp_path)
+    loaded = Index.load(tmp_path)
+    first = loaded.search(queries, 5, "approximate")
+    graphs = list(tmp_path.glob("hnsw-*.faiss"))
+    assert len(graphs) == 1
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("the saved graph should have been loaded")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(approximate.ApproximateSearch, "__init__", no_building)
+        again = Index.load(tmp_path).search(queries, 5, "approximate")
+    np.testing.assert_array_equal(again.indices, first.indices)
+    np.testing.assert_array_equal(again.distances, first.distances)
+
+    loaded.embeddings = gallery.copy()  # as --add would: more items, a new digest
+    loaded.labels, loaded.sources = np.zeros(2000, np.int32), [f"g{i}" for i in range(2000)]
+    loaded.save(tmp_path)
+    grown = Index.load(tmp_path).search(gallery[1700:1710], 1, "approximate")
+    assert grown.indices[:, 0].tolist() == list(range(1700, 1710))
+    (graph,) = tmp_path.glob("hnsw-*.faiss")
+    assert graph != graphs[0]
+
+    graph.write_bytes(b"not a faiss index")
+    repaired = Index.load(tmp_path).search(queries, 5, "approximate")
+    assert repaired.indices.shape == (300, 5) and graph.stat().st_size > 1000

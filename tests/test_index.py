@@ -51,6 +51,25 @@ def test_classify_votes_and_answers_unknown_beyond_the_threshold():
         index.search([[0.0]], k=5)
 
 
+def test_the_gallery_threshold_is_the_quantile_of_leave_one_out_neighbour_distances(
+        tmp_path, monkeypatch):
+    """classify's default threshold: the UNKNOWN_QUANTILE quantile of each gallery item's
+    distance to its nearest other item, by brute force here; on a sample when large."""
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(400, 3)).astype(np.float32)
+    index = _index_of(gallery, rng.integers(0, 4, 400))
+    d = np.sqrt(((gallery[:, None, :].astype(np.float64) - gallery[None]) ** 2).sum(axis=2))
+    np.fill_diagonal(d, np.inf)
+    expected = np.quantile(d.min(axis=1), index_module.UNKNOWN_QUANTILE)
+    assert index._gallery_threshold() == pytest.approx(expected, rel=1e-12)
+    index.unknown_threshold = index._gallery_threshold()
+    assert Index.load(index.save(tmp_path / "ix")).unknown_threshold == index.unknown_threshold
+    monkeypatch.setattr(index_module, "THRESHOLD_SAMPLE", 100)
+    sampled = index._gallery_threshold()
+    assert sampled != index.unknown_threshold and sampled == index._gallery_threshold()
+    assert _index_of([[0.0]], [0])._gallery_threshold() is None
+
+
 def test_save_and_load_round_trip_and_refuse_what_is_not_an_index(tmp_path):
     index = _index_of(np.arange(8.0).reshape(4, 2), [0, 1, 1, 0])
     index.sources[1] = "ünïcode folder/über.png"
@@ -197,6 +216,8 @@ def _bad_inputs(run, tmp_path):
         "channels": (["classify", ix, tmp_path / "rgb.npy", "--threshold", "1"], 1,
                      "the model takes (N, 28, 28, 1)"),
         "nan": (["search", ix, tmp_path / "nan.npy"], 1, "NaN"),
+        "threshold": (["classify", ix, tmp_path / "nan.npy", "--threshold", "-1"], 2,
+                      "must be gallery, calibrated or a distance >= 0"),
         "not an index": (["search", tmp_path / "empty", tmp_path / "nan.npy"], 2,
                          "is not an index"),
     }

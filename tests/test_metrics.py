@@ -145,6 +145,45 @@ def test_many_references_match_brute_force():
                                       brute_neighbours(queries, references, k))
 
 
+def test_galleries_of_many_tiles_match_brute_force():
+    """Several tiles of the cached block-maxima pass, with duplicates and many exact ties,
+    and float data far from the origin, where float32 scores cannot tell neighbours apart
+    on their own (the exact re-ranking must)."""
+    rng = np.random.default_rng(5)
+    grid = rng.integers(0, 20, (6000, 3)).astype(np.float32)  # ~4,200 distinct, ties
+    far = (1e4 + rng.standard_normal((5000, 8))).astype(np.float32)
+    for references in (grid, far):
+        queries = references[rng.integers(0, len(references), 25)] + \
+            rng.integers(-1, 2, (25, references.shape[1])).astype(np.float32)
+        for k in (1, 7, 300):  # 300: the large-k path
+            np.testing.assert_array_equal(
+                neighbours.nearest_neighbours(queries, references, k),
+                brute_neighbours(queries, references, k))
+
+
+def test_neighbours_finer_than_the_scores_rounding_match_brute_force():
+    """One far outlier makes the float32 scores' rounding larger than every distance
+    among the other points: the candidates their scores pick are arbitrary, and only the
+    exact re-ranking of every point within the rounding bound gets the order right."""
+    rng = np.random.default_rng(7)
+    references = np.r_[1e-3 * rng.standard_normal((700, 3)), [[1e6, 0.0, 0.0]]]
+    queries = 1e-3 * rng.standard_normal((20, 3))
+    for k in (1, 3, 20):
+        np.testing.assert_array_equal(neighbours.nearest_neighbours(queries, references, k),
+                                      brute_neighbours(queries, references, k))
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e20])
+def test_extreme_magnitudes_match_brute_force(scale):
+    """Embeddings whose squares would underflow or overflow float32 scores."""
+    rng = np.random.default_rng(6)
+    references, queries = scale * rng.standard_normal((500, 4)), \
+        scale * rng.standard_normal((10, 4))
+    for k in (1, 5):
+        np.testing.assert_array_equal(neighbours.nearest_neighbours(queries, references, k),
+                                      brute_neighbours(queries, references, k))
+
+
 def test_collapsed_embeddings_are_exact_and_fast():
     """A collapsed model maps whole classes onto one point: ties of thousands of items."""
     rng = np.random.default_rng(4)
