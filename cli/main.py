@@ -16,7 +16,7 @@ import sys
 import click
 
 from keras_siamese import variants
-from keras_siamese.cli import use
+from keras_siamese.cli import serve, use
 from keras_siamese.config import DATASETS, TrainConfig
 from keras_siamese.errors import Interrupted, SiameseError
 
@@ -210,26 +210,51 @@ def reproduce(losses, datasets, epochs, seed, limit, output_dir, log_dir, data_d
 
 @app.command("export")
 @click.argument("run_folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "onnx", "litert"]),
+              default="saved_model", show_default=True,
+              help="saved_model: a TensorFlow SavedModel folder with all signatures; onnx, "
+                   "litert: one file with the embedding (image -> embedding), checked by "
+                   "onnxruntime / the LiteRT interpreter when written.")
+@click.option("--quantize", type=click.Choice(["float16", "dynamic-int8"]), default=None,
+              help="With --format litert: store the weights as float16 or int8 (dynamic "
+                   "range); prints the P@1 and MAP@R it costs on the test set.")
 @click.option("--out", type=click.Path(), default=None,
-              help="Folder of the SavedModel  [default: RUN_FOLDER/saved_model]; an "
-                   "existing folder is replaced only if it holds an earlier export of "
-                   "this run.")
+              help="Folder of the SavedModel  [default: RUN_FOLDER/saved_model], or the "
+                   "file of an onnx / litert export  [default: RUN_FOLDER/model.onnx, "
+                   "model.tflite, model_float16.tflite, model_dynamic_int8.tflite]; an "
+                   "existing one is replaced only if it holds an earlier export of this run.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace an --out folder that holds something else (never the run "
-                   "folder or a folder holding it).")
+              help="Replace an --out folder or file that holds something else (never the "
+                   "run folder or a folder holding it).")
 @click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False),
               default=None, help="Store this index's gallery in the SavedModel and add the "
                                  "classify signature.")
-def export_command(run_folder, out, overwrite, index_dir):
-    """Export a finished run's embedding net as a TensorFlow SavedModel.
+def export_command(run_folder, fmt, quantize, out, overwrite, index_dir):
+    """Export a finished run's embedding net as a TensorFlow SavedModel, ONNX or LiteRT.
 
-    Signatures: serving_default (image -> embedding), distance (first, second -> distance),
-    verify (first, second -> distance, same at the run's threshold), with --index classify
-    (image -> class, distance, unknown), and for BCE runs same_probability. Inputs are raw
-    pixels, float32 0..255.
+    SavedModel signatures: serving_default (image -> embedding), distance (first, second ->
+    distance), verify (first, second -> distance, same at the run's threshold), with --index
+    classify (image -> class, distance, unknown), and for BCE runs same_probability. ONNX
+    and LiteRT files hold serving_default's computation (input image, output embedding).
+    Inputs are raw pixels, float32 0..255.
 
     Example: siamese-keras export output/contrastive_mnist --out /srv/models/digits/1
+
+    Example: siamese-keras export output/contrastive_mnist --format litert --quantize
+    dynamic-int8
     """
+    if quantize is not None and fmt != "litert":
+        raise click.UsageError(f"--quantize is for --format litert only ({fmt} exports are "
+                               "float32)")
+    if index_dir is not None and fmt != "saved_model":
+        raise click.UsageError("--index adds the classify signature of a SavedModel: only "
+                               "with --format saved_model")
+    if fmt != "saved_model":
+        from keras_siamese.export_formats import describe, export_file
+
+        for line in describe(export_file(run_folder, fmt, out, overwrite, quantize)):
+            click.echo(line)
+        return
     from keras_siamese.export import export_run
 
     path = export_run(run_folder, out, overwrite, index_dir)
@@ -294,6 +319,7 @@ def diagram(out):
 
 
 use.register(app)  # index, search, classify, calibrate, verify
+serve.register(app)  # serve
 
 _interrupts = 0
 
