@@ -39,6 +39,20 @@ def _dataset(ctx, param, value) -> str:
     return os.path.abspath(value)
 
 
+def _seed_list(ctx, param, value) -> tuple[int, ...] | None:
+    """'0,1,2' -> (0, 1, 2), each seed once; None when not given."""
+    if value is None:
+        return None
+    try:
+        seeds = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError as error:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of seeds") \
+            from error
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise click.BadParameter(f"{value!r}: give one or more seeds, each once (e.g. 0,1,2)")
+    return seeds
+
+
 def _choices(allowed):
     """A callback that splits 'a,b' and checks every part is one of ``allowed``."""
     def check(ctx, param, value) -> tuple[str, ...]:
@@ -174,7 +188,11 @@ def evaluate(run_folder, as_json, changed_data):
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True,
               help="Epochs of every run.")
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True,
-              help="Seed of every run.")
+              help="Seed of every run (one run per cell: no confidence intervals).")
+@click.option("--seeds", callback=_seed_list, default=None, metavar="S1,S2,...",
+              help="Train every cell once per seed (run folders <loss>_<dataset>_seed<S>) and "
+                   "report each metric as mean ± its Student's t 95% confidence interval "
+                   "over the seeds; instead of --seed.")
 @click.option("--limit", type=int, default=None,
               help="Train every run on a class-balanced subset of N images (quick grids).")
 @click.option("--output-dir", type=click.Path(), default="output/reproduce", show_default=True,
@@ -185,26 +203,38 @@ def evaluate(run_folder, as_json, changed_data):
               help="Folder with the idx files (or a TFDS data dir) to load from.")
 @click.option("--overwrite", is_flag=True,
               help="Retrain every run, even those an earlier grid finished.")
-def reproduce(losses, datasets, epochs, seed, limit, output_dir, log_dir, data_dir, overwrite):
+@click.pass_context
+def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, output_dir, log_dir, data_dir,
+              overwrite):
     """Train the study's grid (every loss on every dataset) and write its results page.
 
     Writes OUTPUT_DIR/results.md, results.png (the embedding plots with P@1, MAP@R and
     one-shot accuracy under each) and results.json. Runs an earlier grid finished with the
-    same settings are kept, so an interrupted grid continues.
+    same settings are kept, so an interrupted grid continues. With --seeds every figure is
+    a mean over seeds with its 95% confidence interval (Student's t).
 
-    Example: siamese-keras reproduce --epochs 10
+    Example: siamese-keras reproduce --epochs 10 --seeds 0,1,2
     """
     from keras_siamese.reproduce import grid_configs, reproduce as run_grid
 
-    configs = grid_configs(losses, datasets, epochs=epochs, seed=seed, limit=limit,
+    if seeds and ctx.get_parameter_source("seed") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --seed (one run per cell) or --seeds (several), not both")
+    seeds = seeds or (seed,)
+    configs = grid_configs(losses, datasets, seeds, epochs=epochs, limit=limit,
                            output_dir=output_dir, log_dir=log_dir, data_dir=data_dir,
                            overwrite=overwrite)
+    # One seed keeps the command as it always read; several name them all.
+    seed_option = (f"--seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else
+                   f"--seed {seeds[0]}")
     command = (f"{PROG} reproduce --losses {','.join(losses)} --datasets {','.join(datasets)} "
-               f"--epochs {epochs} --seed {seed}" + (f" --limit {limit}" if limit else ""))
-    rows = run_grid(configs, output_dir, command, echo=click.echo)
-    for row in rows:
-        click.echo(f"{row['dataset']:<14} {row['loss']:<12} P@1 {row['precision_at_1']:.4f}  "
-                   f"MAP@R {row['map_at_r']:.4f}")
+               f"--epochs {epochs} {seed_option}" + (f" --limit {limit}" if limit else ""))
+    cells = run_grid(configs, output_dir, command, echo=click.echo)
+    for cell in cells:
+        click.echo(f"{cell.dataset:<14} {cell.loss:<12} P@1 {cell.text('precision_at_1', 4)}  "
+                   f"MAP@R {cell.text('map_at_r', 4)}")
+    if len(seeds) > 1:
+        click.echo(f"mean ± half-width of the 95% confidence interval over seeds "
+                   f"{', '.join(map(str, seeds))} (Student's t)")
     click.echo(f"results: {output_dir}/results.md, results.png, results.json")
 
 

@@ -1,14 +1,27 @@
 """The study's results grid: every loss on every dataset, as pictures and numbers.
 
 :func:`reproduce` trains one run per (dataset, variant: a loss, or a loss with online
-mining) with the same settings, one after
-the other in this process, and writes into its output folder:
+mining) and seed with the same settings, one after the other in this process, and writes
+into its output folder:
 
-- ``<loss>_<dataset>/``: the ordinary run folders (model, metrics.json, frames, ...);
+- ``<variant>_<dataset>/``: the ordinary run folders (model, metrics.json, frames, ...);
+  with several seeds one per seed, ``<variant>_<dataset>_seed<S>/``;
 - ``results.png``: the study's table of test-embedding plots, datasets as rows and losses
-  as columns, with P@1, MAP@R and 10-way one-shot accuracy under each plot;
+  as columns, with P@1, MAP@R and 10-way one-shot accuracy under each plot; with several
+  seeds these are means ± 95 % intervals, and a chart per dataset shows them as error bars;
 - ``results.md``: the same as a Markdown page (table of numbers, the figure, and the
-  command, epochs and seed that made it), ``results.json`` for machines.
+  command, epochs and seeds that made it), ``results.json`` for machines: every run's
+  metrics (``rows``) and every cell's summary over seeds (``cells``).
+
+A cell's figure over seeds is its mean with a Student's t 95 % confidence interval
+(:mod:`keras_siamese.intervals`). One seed (the default, for a quick grid) gives no
+interval, and the page says so. Where two losses' intervals overlap on a dataset the page
+ranks neither above the other: its notes column names the overlaps.
+
+A run in the grid is the same run as ``siamese-keras train`` with the same settings in a
+fresh process, bit for bit (tests/test_reproduce.py): every run seeds Python, NumPy,
+TensorFlow and Keras itself before it builds its model, and its data streams draw from
+stateless seeds, so nothing an earlier run did in this process reaches it.
 
 A run folder that already holds a ``metrics.json`` made with the same settings is kept,
 not retrained, so an interrupted grid continues where it stopped (``--overwrite``
@@ -25,11 +38,13 @@ from pathlib import Path
 import keras
 
 from keras_siamese.config import TrainConfig
+from keras_siamese.errors import ConfigError
+from keras_siamese.intervals import METHOD, Interval, student_t_interval
+from keras_siamese.outputs import write_json, write_text
+from keras_siamese.plots import new_figure, read_png, save_figure
 from keras_siamese.report import json_safe
 from keras_siamese.run_folder import EMBEDDING_PLOT, finished_metrics
 from keras_siamese.variants import VARIANTS
-from keras_siamese.outputs import write_json, write_text
-from keras_siamese.plots import new_figure, read_png, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +52,67 @@ log = logging.getLogger(__name__)
 SHOWN = (("precision_at_1", "P@1"), ("map_at_r", "MAP@R"), ("one_shot_10way", "10-way 1-shot"))
 TABLE = SHOWN[:2] + (("r_precision", "R-prec."), ("knn_accuracy", "5-NN acc."),
                      ("roc_auc", "pair AUC"), ("verification_accuracy", "verif. acc.")) + SHOWN[2:]
-
+RANKED = SHOWN[:2]  # the metrics whose overlapping intervals the notes column names
+RUN_KEYS = ("loss", "dataset", "seed", "run_dir")  # a row's fields that are no metric
 
 PER_ROW = 5  # plots side by side in results.png
 
 
-def grid_configs(variants, datasets, **settings) -> list[TrainConfig]:
-    """One TrainConfig per (dataset, variant), datasets outermost, all with ``settings``.
-    A variant is a loss (``triplet``) or a loss with online mining (``triplet-batch-hard``)."""
-    return [TrainConfig(loss=VARIANTS[variant].loss, mining=VARIANTS[variant].mining,
-                        dataset=dataset, **settings)
-            for dataset in datasets for variant in variants]
+def grid_configs(variants, datasets, seeds=(TrainConfig.seed,), **settings) -> list[TrainConfig]:
+    """One TrainConfig per (seed, dataset, variant), all with ``settings``.
+
+    A variant is a loss (``triplet``) or a loss with online mining (``triplet-batch-hard``).
+    Seeds are outermost, so an interrupted grid has whole grids of its first seeds. With one
+    seed a run folder is ``<variant>_<dataset>`` as ever (an earlier grid's folders are
+    found again); with several, ``<variant>_<dataset>_seed<S>``, so seeds never collide."""
+    seeds = tuple(seeds)
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if not seeds or repeated:
+        raise ConfigError(f"seeds must be distinct and at least one, got "
+                          f"{', '.join(map(str, seeds)) or 'none'}: give each seed once")
+    configs = []
+    for seed in seeds:
+        for dataset in datasets:
+            for variant in variants:
+                config = TrainConfig(loss=VARIANTS[variant].loss, mining=VARIANTS[variant].mining,
+                                     dataset=dataset, seed=seed, **settings)
+                if len(seeds) > 1:
+                    config = dataclasses.replace(config, run_name=f"{config.name}_seed{seed}")
+                configs.append(config)
+    return configs
 
 
-def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> list[dict]:
-    """Train (or reuse) every run, then write the results page; returns one row per run."""
+@dataclasses.dataclass
+class Cell:
+    """One (dataset, variant) of the grid: its runs (one per seed, as ``results.json``
+    rows), each metric over them (None where a run has no value), and, per :data:`RANKED`
+    metric, the other variants on the dataset whose interval overlaps this one's."""
+
+    loss: str
+    dataset: str
+    runs: list[dict]
+    metrics: dict[str, Interval | None]
+    overlaps: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run["seed"] for run in self.runs]
+
+    def text(self, key: str, decimals: int = 3) -> str:
+        """The metric as the page shows it: ``0.981 ± 0.004``, ``0.981`` or ``n/a``."""
+        interval = self.metrics.get(key)
+        return "n/a" if interval is None else interval.text(decimals)
+
+    def to_json(self) -> dict:
+        return {"loss": self.loss, "dataset": self.dataset, "seeds": self.seeds,
+                "n": len(self.runs), "run_dirs": [run["run_dir"] for run in self.runs],
+                "metrics": {key: _interval_json(interval, [run.get(key) for run in self.runs])
+                            for key, interval in self.metrics.items()},
+                "overlaps": self.overlaps}
+
+
+def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> list[Cell]:
+    """Train (or reuse) every run, then write the results page; returns the grid's cells."""
     from keras_siamese import experiment  # TensorFlow loads only when there is work to do
 
     rows, spent, trained = [], 0.0, 0
@@ -65,50 +126,138 @@ def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> 
             echo(f"[{number}/{len(configs)}] {config.name}: training {config.epochs} "
                  f"epochs{eta}")
             started = time.perf_counter()
-            keras.backend.clear_session()  # each run starts from a fresh graph and naming
+            # Frees the previous run's graphs and restarts layer names; the seeds are
+            # experiment.run's own business (see the module doc).
+            keras.backend.clear_session()
             metrics = experiment.run(dataclasses.replace(config, overwrite=True)).metrics
             spent += time.perf_counter() - started
             trained += 1
-        rows.append({"loss": config.variant, "dataset": config.dataset,
+        rows.append({"loss": config.variant, "dataset": config.dataset, "seed": config.seed,
                      "run_dir": str(config.run_dir), **json_safe(metrics)})
-    write_results(rows, configs[0], Path(out_dir), command)
-    return rows
+    cells = summarise(rows)
+    write_results(rows, cells, configs[0], Path(out_dir), command)
+    return cells
 
 
-def _value(row: dict, key: str) -> str:
-    value = row.get(key)
-    return "n/a" if value is None else f"{value:.3f}"
+def summarise(rows: list[dict]) -> list[Cell]:
+    """The runs grouped by (dataset, variant), in the grid's order, with every numeric
+    metric over their seeds and the overlaps of the :data:`RANKED` metrics' intervals."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["loss"]), []).append(row)
+    cells = []
+    for (dataset, loss), runs in groups.items():
+        # Metrics are floats (None where a split cannot have one); integers are counts
+        # (test_images, ...), the same for every seed.
+        keys = [key for key, value in runs[0].items()
+                if key not in RUN_KEYS and isinstance(value, (float, type(None)))]
+        metrics = {}
+        for key in keys:
+            values = [run.get(key) for run in runs]
+            # A metric a run could not have (None in its metrics.json) has no mean either.
+            metrics[key] = None if None in values else student_t_interval(values)
+        cells.append(Cell(loss, dataset, runs, metrics))
+    for cell in cells:
+        for key, _ in RANKED:
+            cell.overlaps[key] = [other.loss for other in cells
+                                  if other is not cell and other.dataset == cell.dataset
+                                  and _overlap(cell, other, key)]
+    return cells
 
 
-def results_figure(rows: list[dict], path) -> None:
-    """The grid of ``embedding.png`` plots, one row per dataset, numbers under each."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    losses = list(dict.fromkeys(r["loss"] for r in rows))
+def _overlap(cell: Cell, other: Cell, key: str) -> bool:
+    mine, theirs = cell.metrics.get(key), other.metrics.get(key)
+    return mine is not None and theirs is not None and mine.overlaps(theirs)
+
+
+def _interval_json(interval: Interval | None, values: list) -> dict:
+    if interval is None:
+        return {"mean": None, "ci_low": None, "ci_high": None, "values": values,
+                "n": len(values), "method": METHOD}
+    return interval.to_json()
+
+
+def _seeds_of(cells: list[Cell]) -> list[int]:
+    return list(dict.fromkeys(seed for cell in cells for seed in cell.seeds))
+
+
+def results_figure(cells: list[Cell], path) -> None:
+    """The grid of ``embedding.png`` plots (each cell's first seed), one row per dataset,
+    numbers under each; with several seeds, means ± half-widths, and below the plots one
+    chart per dataset of the same numbers as points with 95 % error bars."""
+    datasets = list(dict.fromkeys(cell.dataset for cell in cells))
+    losses = list(dict.fromkeys(cell.loss for cell in cells))
+    seeds = _seeds_of(cells)
+    several = len(seeds) > 1
     # At most PER_ROW plots side by side: a dataset's runs wrap onto further rows.
     columns = min(len(losses), PER_ROW)
     wraps = -(-len(losses) // columns)
-    fig = new_figure((4.2 * columns, 4.6 * len(datasets) * wraps), 80)
-    axes = fig.subplots(len(datasets) * wraps, columns, squeeze=False)
-    for ax in axes.flat:
+    plot_rows, chart_rows = len(datasets) * wraps, len(datasets) if several else 0
+    plot_height = 5.2 if several else 4.6  # room for one number per line under the plot
+    heights = [plot_height] * plot_rows + [3.6] * chart_rows
+    fig = new_figure((4.2 * columns, sum(heights)), 80)
+    grid = fig.add_gridspec(plot_rows + chart_rows, columns, height_ratios=heights)
+    for cell in cells:
+        at = losses.index(cell.loss)
+        ax = fig.add_subplot(grid[datasets.index(cell.dataset) * wraps + at // columns,
+                                  at % columns])
         ax.axis("off")
-    for row in rows:
-        at = losses.index(row["loss"])
-        ax = axes[datasets.index(row["dataset"]) * wraps + at // columns][at % columns]
-        ax.imshow(read_png(Path(row["run_dir"]) / EMBEDDING_PLOT))
-        ax.set_title(f"{row['loss']} · {row['dataset']}", fontsize=12)
-        ax.text(0.5, -0.02, "   ".join(f"{label} {_value(row, key)}" for key, label in SHOWN),
+        ax.imshow(read_png(Path(cell.runs[0]["run_dir"]) / EMBEDDING_PLOT))
+        seed = f" (seed {cell.seeds[0]})" if several else ""  # the plot is one seed's
+        ax.set_title(f"{cell.loss} · {cell.dataset}{seed}", fontsize=12)
+        numbers = [f"{label} {cell.text(key)}" for key, label in SHOWN]
+        ax.text(0.5, -0.02, "\n".join(numbers) if several else "   ".join(numbers),
                 transform=ax.transAxes, ha="center", va="top", fontsize=10)
+    for row, dataset in enumerate(datasets[:chart_rows]):
+        _interval_chart(fig.add_subplot(grid[plot_rows + row, :]), dataset,
+                        [cell for cell in cells if cell.dataset == dataset], seeds)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def results_markdown(rows: list[dict], settings: TrainConfig, command: str,
+def _interval_chart(ax, dataset: str, cells: list[Cell], seeds: list[int]) -> None:
+    """Each :data:`SHOWN` metric of every variant on ``dataset``: its mean as a point and
+    its 95 % interval as an error bar, the metrics side by side around each variant."""
+    for number, (key, label) in enumerate(SHOWN):
+        offset = (number - (len(SHOWN) - 1) / 2) * 0.2
+        found = [(x, cell.metrics[key]) for x, cell in enumerate(cells)
+                 if cell.metrics.get(key) is not None]
+        ax.errorbar([x + offset for x, _ in found], [i.mean for _, i in found],
+                    yerr=[i.half_width or 0.0 for _, i in found], fmt="o", capsize=4,
+                    label=label)
+    ax.set_xticks(range(len(cells)), [cell.loss for cell in cells])
+    ax.set_xlim(-0.5, len(cells) - 0.5)
+    ax.set_title(f"{dataset}: mean and Student's t 95 % interval over seeds "
+                 f"{', '.join(map(str, seeds))}", fontsize=12)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def _notes(cell: Cell) -> str:
+    """The notes column: which variants' intervals this one's overlaps, per ranked metric."""
+    parts = [f"{label} ≈ {', '.join(cell.overlaps[key])}" for key, label in RANKED
+             if cell.overlaps.get(key)]
+    return "; ".join(parts) or "—"
+
+
+def results_markdown(cells: list[Cell], settings: TrainConfig, command: str,
                      figure: str) -> str:
+    seeds = _seeds_of(cells)
+    several = len(seeds) > 1
     header = "| dataset | loss | " + " | ".join(label for _, label in TABLE) + " | s/epoch |"
+    if several:
+        seed_text = (f"seeds {', '.join(map(str, seeds))} (n = {len(seeds)} runs per cell; "
+                     "each figure is the mean ± the half-width of its 95 % confidence "
+                     "interval over seeds, Student's t: mean ± t(0.975, n-1) · s / √n)")
+        header += " notes |"
+    else:
+        seed_text = (f"seed {seeds[0]} (one seed: no confidence interval, so differences "
+                     "between losses carry no estimate of their spread; `--seeds 0,1,2` "
+                     "gives intervals)")
     lines = [
         "# Results",
         "",
-        f"Made by `{command}`: {settings.epochs} epochs, seed {settings.seed}, batch "
+        f"Made by `{command}`: {settings.epochs} epochs, {seed_text}, batch "
         f"{settings.batch_size}, {settings.embedding_dim}-D embeddings"
         + (f", {settings.limit} training images" if settings.limit else ", all training images")
         + ". Test images are queried against the training images (P@1, 5-NN); MAP@R and "
@@ -116,19 +265,30 @@ def results_markdown(rows: list[dict], settings: TrainConfig, command: str,
         "use the fixed test pairs, the threshold chosen on training pairs; one-shot "
         "accuracy over 1000 seeded test episodes.",
         "",
-        header,
-        "|" + "---|" * (len(TABLE) + 3),
     ]
-    for row in rows:
-        numbers = " | ".join(_value(row, key) for key, _ in TABLE)
-        seconds = row.get("seconds_per_epoch")
-        lines.append(f"| {row['dataset']} | {row['loss']} | {numbers} | "
-                     f"{'n/a' if seconds is None else f'{seconds:.1f}'} |")
+    if several:
+        lines += ["Notes: \"P@1 ≈ X\" means this loss's P@1 interval overlaps X's on the same "
+                  "dataset (likewise MAP@R): these seeds cannot tell which is better, so "
+                  "neither is ranked above the other. Intervals that do not overlap are a "
+                  "conservative sign of a real difference.", ""]
+    lines += [header, "|" + "---|" * (len(TABLE) + 3 + several)]
+    for cell in cells:
+        numbers = " | ".join(cell.text(key) for key, _ in TABLE)
+        seconds = cell.metrics.get("seconds_per_epoch")
+        line = (f"| {cell.dataset} | {cell.loss} | {numbers} | "
+                f"{'n/a' if seconds is None else f'{seconds.mean:.1f}'} |")
+        lines.append(line + (f" {_notes(cell)} |" if several else ""))
     lines += ["", f"![test embeddings of every run]({figure})", ""]
     return "\n".join(lines)
 
 
-def write_results(rows: list[dict], settings: TrainConfig, out_dir: Path, command: str) -> None:
-    results_figure(rows, out_dir / "results.png")
-    write_text(out_dir / "results.md", results_markdown(rows, settings, command, "results.png"))
-    write_json(out_dir / "results.json", {"command": command, "rows": rows})
+def write_results(rows: list[dict], cells: list[Cell], settings: TrainConfig, out_dir: Path,
+                  command: str) -> None:
+    """``results.png``, ``results.md`` and ``results.json`` (every run's metrics as
+    ``rows``, every cell over seeds as ``cells``)."""
+    results_figure(cells, out_dir / "results.png")
+    write_text(out_dir / "results.md", results_markdown(cells, settings, command, "results.png"))
+    seeds = _seeds_of(cells)
+    write_json(out_dir / "results.json", {
+        "command": command, "seeds": seeds, "interval": METHOD if len(seeds) > 1 else
+        "none: one seed", "rows": rows, "cells": [cell.to_json() for cell in cells]})
