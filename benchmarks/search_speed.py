@@ -5,8 +5,8 @@
                                       [--ef-search 16,32,64,128] [--chunk-size 1024]
                                       [--json PATH]
 
-Exact: ``neighbours.nearest_neighbours(queries, gallery, k=10)`` (exact ranking: float32 scores, float64 distances)
-for each data kind and gallery size. Its seconds, queries per second, and the effective
+Exact: ``neighbours.nearest_neighbours(queries, gallery, k=10)`` (exact ranking: float32
+scores, float64 distances) for each data kind and gallery size. Its seconds, queries per second, and the effective
 rate ``2 n m D / seconds`` (the FLOPs of the distance matrix product, over the whole
 search) are set against TensorFlow's float32 matmul rate (4096 x 4096) measured in the same
 process just before and just after that search (other work on a shared machine moves it:

@@ -24,8 +24,9 @@ indices of :func:`keras_siamese.neighbours.nearest_neighbours` for 10,000 querie
   0.997 at ``ef_search`` 16 / 32 / 64 / 128, searching 27x / 19x / 11.5x / 6x faster than
   exact search (which itself runs at about 55 % of the float32 matmul rate).
   ``ef_search=64`` leaves a margin above 0.95 for other embeddings. The build took 256 to
-  341 s on one thread; an index saves the graph after its first approximate search. (On 100,000 of these vectors, ``ef_construction=200``
-  built 1.8x slower than 80, for about +0.01 recall at equal ``ef_search``.)
+  341 s on one thread; an index saves the graph after its first approximate search. (On
+  100,000 of these vectors, ``ef_construction=200`` built 1.8x slower than 80, for about
+  +0.01 recall at equal ``ef_search``.)
 - Structureless data is much harder: on 100,000 standard Gaussian vectors in 64-D,
   recall@10 is 0.75 at ``ef_search=64`` and 0.89 at 128 (0.95 took 256 in a trial).
 

@@ -37,11 +37,16 @@ _SPARE = 8  # candidates beyond the neighbours needed (see _top)
 _SPARE_BLOCKS = 2  # blocks searched beyond the neighbours needed (see _candidates)
 _FULL_SCORES = 2**25  # most scores held at once when whole rows are scored (256 MiB float64)
 
-# Scores are rounded; ``_SLACK * eps * (|q'| + max |r'|)^2`` bounds, per query, how far a
-# score may be from the exact ``|q'|^2 - |q' - r'|^2``: a (D + 1)-term dot product gives at
-# most (D + 1) eps, rounding the inputs a few more, and the factor 2 leaves room for the
-# float64 distances it is compared with. (q', r' are centred: see _score_references.)
-_SLACK = lambda dims: 2 * dims + 16  # noqa: E731  (in units of the scores' eps)
+
+def _slack(dims: int) -> int:
+    """Scores are rounded; ``_slack(D) * eps * (|q'| + max |r'|)^2`` bounds, per query, how
+    far a score may be from the exact ``|q'|^2 - |q' - r'|^2`` (eps: the machine epsilon of
+    the scores' dtype, twice its unit roundoff u; q', r' centred, see _score_references): a
+    (D + 1)-term dot product errs by at most (D + 1) u, rounding the inputs a few u more,
+    and the rest is room for the float64 distances it is compared with."""
+    return 2 * dims + 16
+
+
 # float32 scores need squares of |q'| + max |r'| that neither overflow nor lose digits
 # to underflow; outside this range the scores are computed in float64.
 _FLOAT32_RANGE = (1e-15, 1e15)
@@ -144,7 +149,7 @@ class _Scored(NamedTuple):
     ``r' = r - centre``,
     padded with rows that score -inf to whole tiles, shaped (tiles, tile rows, D + 1);
     ``count`` is the number of references per row (0 for padding); ``radius`` the largest
-    ``|r'|``; ``eps`` the unit roundoff of the scores' dtype.
+    ``|r'|``; ``eps`` the machine epsilon of the scores' dtype.
     """
 
     groups: _Groups
@@ -299,7 +304,7 @@ def _search(scored: _Scored, q, need) -> np.ndarray:
     dtype = scored.tiles.dtype.as_numpy_dtype
     augmented = tf.constant(np.hstack([2.0 * centred, -np.ones((n, 1))]).astype(dtype))
     norm2 = np.sum(np.square(centred), axis=1)
-    error = _SLACK(dims) * scored.eps * (np.sqrt(norm2) + scored.radius) ** 2
+    error = _slack(dims) * scored.eps * (np.sqrt(norm2) + scored.radius) ** 2
     top = _top(int(need.max()), len(count))
     values, chosen, bound = _candidates(scored, augmented, top)
     rows, position = np.arange(n), np.arange(top)
