@@ -120,15 +120,16 @@ def _read_array(path: Path, input_shape) -> np.ndarray:
                         "raw pixels 0..255")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise DataError(f"{shown(path)}: {array.dtype} is not a numeric image array")
-    _check_pixels(path, array)
+    check_pixels(path, array)
     if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
         log.warning("%s: pixel values are all <= 1; the model expects 0..255 "
                     "(multiply by 255 if they were scaled)", path)
     return array
 
 
-def _check_pixels(path: Path, array: np.ndarray) -> None:
-    """DataError unless every value of ``array`` is a finite number in 0..255."""
+def check_pixels(path, array: np.ndarray) -> None:
+    """DataError unless every value of ``array`` is a finite number in 0..255; messages
+    name ``path`` (a file, or any name such as a request field)."""
     if np.issubdtype(array.dtype, np.floating):
         for count, what in ((np.isnan(array).sum(), "NaN"),
                             (np.isinf(array).sum(), "infinite")):

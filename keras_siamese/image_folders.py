@@ -64,19 +64,25 @@ def read_image(path, height: int, width: int, channels: int) -> np.ndarray:
     looked up; alpha is dropped. Modes without a known 0..255 scale (32-bit integer or float
     pixels), images over Pillow's decompression-bomb limit and damaged files raise
     DataError naming the file."""
-    from PIL import Image
-
-    if channels not in (1, 3):
-        raise DataError(f"{shown(path)}: the model takes {channels}-channel images; only 1 "
-                        "(grayscale) and 3 (RGB) can be made from image files")
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"{shown(path)}: cannot read this file "
                         f"({error.strerror or error})") from error
+    return decode_image(data, path, height, width, channels)
+
+
+def decode_image(data: bytes, source, height: int, width: int, channels: int) -> np.ndarray:
+    """Image bytes as :func:`read_image` reads a file (the same conversion and checks);
+    ``source`` is the file, or any name, that error messages give."""
+    from PIL import Image
+
+    if channels not in (1, 3):
+        raise DataError(f"{shown(source)}: the model takes {channels}-channel images; only "
+                        "1 (grayscale) and 3 (RGB) can be made from image files")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            _check_mode(image, path)
+            _check_mode(image, source)
             if _png_header(data)[0] == 16 and image.mode not in SIXTEEN_BIT_MODES:
                 image = _sixteen_bit_colour_png(data)
             else:
@@ -86,9 +92,10 @@ def read_image(path, height: int, width: int, channels: int) -> np.ndarray:
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except Image.DecompressionBombError as error:
-        raise DataError(_too_large(path)) from error
+        raise DataError(_too_large(source, data)) from error
     except DECODE_ERRORS as error:
-        raise DataError(f"{shown(path)}: cannot read this image ({_reason(error)})") from error
+        raise DataError(f"{shown(source)}: cannot read this image ({_reason(error)})") \
+            from error
     return pixels.reshape(height, width, channels)
 
 
@@ -156,24 +163,26 @@ def _reason(error: Exception) -> str:
     return display_name(str(error) or type(error).__name__)
 
 
-def _too_large(path) -> str:
-    """The message for a file over Pillow's decompression-bomb limit, with its size."""
+def _too_large(path, data: bytes | None = None) -> str:
+    """The message for a file (or its ``data``) over Pillow's decompression-bomb limit,
+    with its size."""
     from PIL import Image
 
-    size = _claimed_size(path)
+    size = _claimed_size(io.BytesIO(data) if data is not None else path)
     size_text = f"{size[0]:,} x {size[1]:,} pixels" if size else "its size"
     return (f"{shown(path)}: {size_text} is over the {2 * Image.MAX_IMAGE_PIXELS:,} pixels "
             "Pillow reads (a guard against decompression bombs); shrink the image")
 
 
-def _claimed_size(path) -> tuple[int, int] | None:
-    """(width, height) a file's header claims, read by Pillow's format plugins without the
-    pixel limit that Image.open applies; None if no plugin reads it."""
+def _claimed_size(source) -> tuple[int, int] | None:
+    """(width, height) a file's header claims (a path or a binary stream), read by
+    Pillow's format plugins without the pixel limit that Image.open applies; None if no
+    plugin reads it."""
     from PIL import Image
 
     Image.init()
     try:
-        with open(path, "rb") as stream:
+        with (source if hasattr(source, "read") else open(source, "rb")) as stream:
             prefix = stream.read(16)
             for name in Image.ID:
                 factory, accept = Image.OPEN[name]
@@ -182,7 +191,7 @@ def _claimed_size(path) -> tuple[int, int] | None:
                     continue
                 try:
                     stream.seek(0)
-                    return factory(stream, str(path)).size
+                    return factory(stream, str(source)).size
                 except Exception:  # noqa: BLE001 - any plugin may refuse: try the next
                     continue
     except OSError:

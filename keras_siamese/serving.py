@@ -305,10 +305,9 @@ class Prediction:
     columnar: bool
 
 
-def parse_predict(body: bytes, model: ServedModel, options: ServeOptions,
-                  scratch) -> Prediction:
+def parse_predict(body: bytes, model: ServedModel, options: ServeOptions) -> Prediction:
     """The :class:`Prediction` in a ``:predict`` body, or a RequestError saying what is
-    wrong with it. ``scratch`` is a private folder for decoding b64 images."""
+    wrong with it."""
     try:
         request = _loads(body)
     except UnicodeDecodeError:
@@ -345,7 +344,7 @@ def parse_predict(body: bytes, model: ServedModel, options: ServeOptions,
     if count * len(shapes) > options.max_images:
         raise RequestError(f"{count * len(shapes):,} images in one request: at most "
                            f"{options.max_images:,} (send several requests)")
-    inputs = {key: _images(values, where, shapes[key], scratch)
+    inputs = {key: _images(values, where, shapes[key])
               for key, (values, where) in columns.items()}
     return Prediction(signature, inputs, count, "inputs" in request)
 
@@ -406,17 +405,19 @@ def _named_columns(inputs, names: list[str], where: str) -> dict:
             for name, (values, label) in columns.items()}
 
 
-def _images(values: list, where: Callable[[int], str], shape: tuple, scratch) -> np.ndarray:
+def _images(values: list, where: Callable[[int], str], shape: tuple) -> np.ndarray:
     """A list of images as float32 (N, H, W, C): pixel lists checked, b64 images decoded."""
+    from keras_siamese.embed import check_pixels  # embed's rule and message for raw pixels
+
     if all(isinstance(value, list) for value in values):
         # The common case in one NumPy call; on any doubt image by image, for the message.
         with contextlib.suppress(ValueError, DataError):
             array = np.asarray(values)
             if array.dtype.kind in "iuf" and array.shape[1:] in _shapes(shape):
                 array = array.reshape(len(values), *shape)
-                _check_pixels("the images", array)
+                check_pixels("the images", array)
                 return array.astype(np.float32, copy=False)
-    return np.stack([_image(value, where(i), shape, scratch) for i, value in enumerate(values)])
+    return np.stack([_image(value, where(i), shape) for i, value in enumerate(values)])
 
 
 def _shapes(shape: tuple) -> list[tuple]:
@@ -425,18 +426,12 @@ def _shapes(shape: tuple) -> list[tuple]:
     return [shape, shape[:2]] if shape[2] == 1 else [shape]
 
 
-def _check_pixels(where: str, array: np.ndarray) -> None:
-    """``embed``'s check of raw pixels (finite, 0..255): one rule, one message, whether the
-    pixels come from an .npy file or a request."""
-    from keras_siamese.embed import _check_pixels as check
-
-    check(where, array)
-
-
-def _image(value, where: str, shape: tuple, scratch) -> np.ndarray:
+def _image(value, where: str, shape: tuple) -> np.ndarray:
     """One image: a nested list of pixels of exactly the model's shape, or {"b64": ...}."""
+    from keras_siamese.embed import check_pixels
+
     if _is_b64(value):
-        return _decode(value["b64"], where, shape, scratch)
+        return _decode(value["b64"], where, shape)
     if isinstance(value, str):
         # Never a path: a server that opened files named by requests would serve its disk.
         raise RequestError(f"{where}: a string is not an image (this server never opens "
@@ -462,17 +457,17 @@ def _image(value, where: str, shape: tuple, scratch) -> np.ndarray:
                            '{"b64": ...}, PNG/JPEG bytes of any size, resized)')
     array = array.reshape(shape)
     try:
-        _check_pixels(where, array)
+        check_pixels(where, array)
     except DataError as error:
         raise RequestError(str(error)) from None
     return array.astype(np.float32, copy=False)
 
 
-def _decode(text, where: str, shape: tuple, scratch) -> np.ndarray:
+def _decode(text, where: str, shape: tuple) -> np.ndarray:
     """A ``{"b64"}`` image: PNG or JPEG bytes read by ``embed``'s reader, resized."""
     from PIL import Image
 
-    from keras_siamese.image_folders import DECODE_ERRORS, PNG_SIGNATURE, read_image, shown
+    from keras_siamese.image_folders import DECODE_ERRORS, PNG_SIGNATURE, decode_image
 
     if not isinstance(text, str):
         raise RequestError(f'{where}: "b64" must be a base64 string')
@@ -483,11 +478,8 @@ def _decode(text, where: str, shape: tuple, scratch) -> np.ndarray:
             data = base64.b64decode(text, altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(f"{where}: b64 is not valid base64") from None
-    if data.startswith(PNG_SIGNATURE):
-        suffix = ".png"
-    elif data.startswith(JPEG_SIGNATURE):
-        suffix = ".jpg"
-    else:  # Pillow reads dozens of formats; a server exposes only the two it documents
+    if not data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)):
+        # Pillow reads dozens of formats; a server exposes only the two it documents
         raise RequestError(f"{where}: b64 holds neither a PNG nor a JPEG image")
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
@@ -497,17 +489,10 @@ def _decode(text, where: str, shape: tuple, scratch) -> np.ndarray:
     if width * height > MAX_IMAGE_PIXELS:
         raise RequestError(f"{where}: a {width}x{height} image; at most "
                            f"{MAX_IMAGE_PIXELS:,} pixels")
-    # read_image reads a file: hand it the bytes through a private file of ours (see the
-    # scratch folder in serve), so b64 images meet exactly embed's conversion and checks.
-    handle, path = tempfile.mkstemp(suffix=suffix, dir=scratch)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        pixels = read_image(path, *shape)
+    try:  # embed's reader: b64 images get exactly its conversion and checks
+        pixels = decode_image(data, where, *shape)
     except DataError as error:
-        raise RequestError(str(error).replace(shown(path), where)) from None
-    finally:
-        os.unlink(path)
+        raise RequestError(str(error)) from None
     return pixels.astype(np.float32)
 
 
@@ -635,9 +620,9 @@ class Batcher:
 
 # -- the application -------------------------------------------------------------------------
 
-def create_app(model: ServedModel, options: ServeOptions, scratch):
+def create_app(model: ServedModel, options: ServeOptions):
     """The ASGI application (Starlette) that answers TensorFlow Serving's REST API for
-    ``model``; ``scratch`` is a private folder for decoding b64 images."""
+    ``model``."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.responses import Response
@@ -695,10 +680,10 @@ def create_app(model: ServedModel, options: ServeOptions, scratch):
             raise RequestError(f"{request.method} is not allowed here: POST a JSON body", 405)
         body = await _read_body(request, options.max_body_bytes)
         if len(body) <= _INLINE_BODY_BYTES:
-            prediction = parse_predict(body, model, options, scratch)
+            prediction = parse_predict(body, model, options)
         else:  # JSON of 1,000 images takes tenths of a second: keep the loop answering
             prediction = await asyncio.get_running_loop().run_in_executor(
-                parse_threads, parse_predict, body, model, options, scratch)
+                parse_threads, parse_predict, body, model, options)
         outputs = await batchers[prediction.signature].predict(prediction.inputs,
                                                                prediction.rows)
         return answer(predict_answer(outputs, prediction.columnar))
@@ -826,9 +811,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8501, name: str | None = N
                      "exit", model, reason)
         served = ServedModel(path, name)
         served.warm_up()
-        scratch = Path(work) / "images"
-        scratch.mkdir(mode=0o700)
-        app = create_app(served, options, scratch)
+        app = create_app(served, options)
 
         stopped_early = []  # SIGINT/SIGTERM before uvicorn has its own handlers
 
