@@ -367,20 +367,18 @@ def check_export(embedding, runtime, split, quality: bool, path, fmt: str,
     :data:`CHECK_IMAGES` test images of ``split`` (:class:`splits.Split`), and with
     ``quality`` also P@1 and MAP@R on the whole split."""
     count = min(CHECK_IMAGES, len(split.test_images))
-    images = split.test_images[:count]
-    expected = models.embed_images(embedding, images)
-    difference = np.abs(embed_with(runtime, images) - expected)
+    # With quality, the whole test set is embedded anyway: its first images are compared.
+    images = split.test_images if quality else split.test_images[:count]
+    keras_test, export_test = models.embed_images(embedding, images), embed_with(runtime, images)
+    expected = keras_test[:count]
+    difference = np.abs(export_test[:count] - expected)
     measured = None
     if quality:
         measured = {
             "keras": retrieval_quality(models.embed_images(embedding, split.train_images),
-                                       split.train_labels,
-                                       models.embed_images(embedding, split.test_images),
-                                       split.test_labels),
+                                       split.train_labels, keras_test, split.test_labels),
             "export": retrieval_quality(embed_with(runtime, split.train_images),
-                                        split.train_labels,
-                                        embed_with(runtime, split.test_images),
-                                        split.test_labels)}
+                                        split.train_labels, export_test, split.test_labels)}
     biggest = float(difference.max()) if difference.size and np.isfinite(difference).all() \
         else float("nan")
     scale = float(np.abs(expected).max()) if expected.size else 0.0
@@ -391,12 +389,11 @@ def check_export(embedding, runtime, split, quality: bool, path, fmt: str,
 def run_split(run_dir):
     """The seen-class split a run is scored on (its test images as queries, the training
     images it used as references), from its ``config.json``."""
-    from keras_siamese.run_folder import load_run_data, read_config
-    from keras_siamese.splits import evaluation_sets
+    from keras_siamese.run_folder import read_config, run_sets
 
-    config, _ = read_config(run_dir)
-    data = load_run_data(config)
-    return evaluation_sets(data, config.holdout_classes, config.limit, config.seed).seen
+    config, recorded = read_config(run_dir)
+    return run_sets(config, recorded, "checking the export on it would not describe the "
+                    "model's test data")[1].seen
 
 
 def export_file(run_dir, fmt: str, out=None, overwrite: bool = False,

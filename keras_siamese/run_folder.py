@@ -182,7 +182,7 @@ def evaluate_run(run_folder, changed_data: bool = False) -> tuple[dict, Path, Im
     with RunLock(run_dir, "evaluating"):
         embedding = load_embedding(run_dir)  # checked before the data is loaded
         target = run_dir / (CHANGED_DATA_METRICS if changed_data else METRICS)
-        data, sets = _run_sets(config, recorded, None if changed_data else (
+        data, sets = run_sets(config, recorded, None if changed_data else (
             "its metrics.json stays as it is; to score the model on the data as it is now, "
             f"pass --changed-data (writes {CHANGED_DATA_METRICS})"))
         metrics = evaluate(embedding, sets)
@@ -247,12 +247,12 @@ def _held_out_images(config: TrainConfig, recorded, embedding, pairs_source):
         gallery = read_gallery(pairs_source, tuple(embedding.input_shape[1:]))
         labels = np.unique(gallery.classes, return_inverse=True)[1].reshape(-1)
         return gallery.images, labels, f"pairs drawn from {pairs_source}"
-    seen = _run_sets(config, recorded, "calibrating on it would not describe the model's "
-                     "test data")[1].seen
+    seen = run_sets(config, recorded, "calibrating on it would not describe the model's "
+                    "test data")[1].seen
     return seen.test_images, seen.test_labels, "fixed test pairs of the trained classes"
 
 
-def _run_sets(config: TrainConfig, recorded: dict | None, doing: str | None):
+def run_sets(config: TrainConfig, recorded: dict | None, doing: str | None):
     """``(data, evaluation sets)`` of a finished run, its data checked to be the one it
     recorded (DataError ending in ``doing``) unless ``doing`` is None."""
     from keras_siamese.splits import evaluation_sets
