@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import click
 
+from keras_siamese.serving import ServeOptions  # numpy only: the defaults live there
+
+DEFAULTS = ServeOptions()
+
 
 def register(app: click.Group) -> None:
     app.add_command(serve)
@@ -24,16 +28,17 @@ def register(app: click.Group) -> None:
                                  "classify signature. Needs MODEL to be a run folder.")
 @click.option("--name", default=None,
               help="The model's name in the URLs  [default: the run's folder name]")
-@click.option("--max-batch-size", type=click.IntRange(1, 4096), default=64,
+@click.option("--max-batch-size", type=click.IntRange(1, 4096), default=DEFAULTS.max_batch_size,
               show_default=True, help="Most images that concurrent requests share in one "
                                       "model call.")
-@click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=0.0,
+@click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=DEFAULTS.batch_wait_ms,
               show_default=True, help="Longest wait for more requests to fill a batch (0: "
                                       "requests that arrive while one batch runs make the "
                                       "next; a wait only delays a lightly loaded server).")
-@click.option("--max-images", type=click.IntRange(1, 1_000_000), default=1000,
+@click.option("--max-images", type=click.IntRange(1, 1_000_000), default=DEFAULTS.max_images,
               show_default=True, help="Most images in one request (a pair counts as two).")
-@click.option("--max-body-mb", type=click.FloatRange(0.001, 1024), default=10.0,
+@click.option("--max-body-mb", type=click.FloatRange(0.001, 1024),
+              default=DEFAULTS.max_body_bytes / 2**20,
               show_default=True, help="Largest request body, in MiB (413 beyond).")
 def serve(model, host, port, index_dir, name, max_batch_size, batch_wait_ms, max_images,
           max_body_mb):
@@ -49,7 +54,7 @@ def serve(model, host, port, index_dir, name, max_batch_size, batch_wait_ms, max
 
     Example: siamese-keras serve output/contrastive_mnist --index digits.index
     """
-    from keras_siamese.serving import ServeOptions, check_libraries
+    from keras_siamese.serving import check_libraries
     from keras_siamese.serving import serve as run
 
     check_libraries()  # before the model loads: a missing extra is one line at once
