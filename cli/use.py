@@ -30,18 +30,18 @@ def _threshold(run_dir) -> float:
 
 def _unknown_threshold(index, choice: str) -> float:
     """classify's --threshold: 'gallery', 'calibrated' or a number (see its help)."""
-    if choice == "gallery" and index.unknown_threshold is not None:
-        return index.unknown_threshold
-    if choice in ("gallery", "calibrated"):
-        if choice == "gallery":
+    if choice == "calibrated":
+        return _threshold(index.run)
+    if choice == "gallery":
+        if index.unknown_threshold is None:
             click.echo("note: a gallery of one item has no threshold of its own: using the "
                        "run's", err=True)
-        return _threshold(index.run)
+        return index.open_set_threshold()
     try:
         value = float(choice)
     except ValueError:
         value = float("nan")
-    if not value >= 0 or value == float("inf"):
+    if not 0 <= value < float("inf"):
         raise click.BadParameter(f"must be gallery, calibrated or a distance >= 0, got "
                                  f"{choice!r}", param_hint="--threshold")
     return value

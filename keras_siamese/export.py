@@ -146,9 +146,7 @@ def _add_decisions(archive, embed, image, threshold: float, index) -> None:
     norms = tf.reduce_sum(tf.square(gallery), axis=1)
     labels = tf.constant(index.labels, tf.int64)
     names = tf.constant(index.class_names)
-    # As the classify command: the gallery's own open-set threshold (index module doc).
-    unknown_beyond = index.unknown_threshold if index.unknown_threshold is not None \
-        else threshold
+    unknown_beyond = index.open_set_threshold()  # as the classify command's default
 
     def classify(image):
         # |q - g|^2 = |q|^2 - 2 q.g + |g|^2 in float64; the first of equal minima wins.

@@ -201,11 +201,22 @@ class Index:
                 pass  # a read-only index still searches; it builds the graph each time
         return search
 
-    def classify(self, query_embeddings, threshold: float, k: int = 1,
+    def open_set_threshold(self) -> float:
+        """classify's default ``unknown`` threshold: the gallery's own (module doc), or, for
+        a one-item gallery, which has none, the run's decision threshold."""
+        if self.unknown_threshold is not None:
+            return self.unknown_threshold
+        from keras_siamese.run_folder import decision_threshold
+
+        return decision_threshold(self.run)[0]
+
+    def classify(self, query_embeddings, threshold: float | None = None, k: int = 1,
                  backend: str = "exact") -> list[tuple[str, float]]:
         """Per query: the majority class of its ``k`` nearest items (a tie goes to the class
         met first, the nearest) and the nearest distance; ``unknown`` when that distance
-        is above ``threshold``."""
+        is above ``threshold`` (by default :meth:`open_set_threshold`)."""
+        if threshold is None:
+            threshold = self.open_set_threshold()
         result = self.search(query_embeddings, k, backend)
         winners = majority_vote(self.labels[result.indices])
         return [(self.class_names[winner] if nearest <= threshold else UNKNOWN, float(nearest))

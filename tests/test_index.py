@@ -64,6 +64,9 @@ def test_the_gallery_threshold_is_the_quantile_of_leave_one_out_neighbour_distan
     assert index._gallery_threshold() == pytest.approx(expected, rel=1e-12)
     index.unknown_threshold = index._gallery_threshold()
     assert Index.load(index.save(tmp_path / "ix")).unknown_threshold == index.unknown_threshold
+    far = np.r_[gallery[:3], [[50.0, 0.0, 0.0]]]
+    assert index.classify(far) == index.classify(far, threshold=index.unknown_threshold)
+    assert index.classify(far)[-1][0] == "unknown"
     monkeypatch.setattr(index_module, "THRESHOLD_SAMPLE", 100)
     sampled = index._gallery_threshold()
     assert sampled != index.unknown_threshold and sampled == index._gallery_threshold()
