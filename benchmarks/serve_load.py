@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -59,9 +60,10 @@ def start_server(run, index, options: list[str]) -> tuple[subprocess.Popen, str]
         argv += ["--index", str(index)]
     log = tempfile.TemporaryFile(mode="w+")
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    line = server.stdout.readline()  # blocks until the line or the end of the process
-    if not line.startswith("serving ") or time.monotonic() > deadline:
+    # Wait for the line, the end of the process or the timeout, whichever comes first.
+    ready, _, _ = select.select([server.stdout], [], [], STARTUP_TIMEOUT_S)
+    line = server.stdout.readline() if ready else ""
+    if not line.startswith("serving "):
         server.kill()
         log.seek(0)
         raise SystemExit(f"the server did not start: {line!r}\n{log.read()[-3000:]}")
@@ -136,11 +138,10 @@ async def load(host: str, port: int, requests: list[bytes], clients: int,
     return latencies, errors, loop.time() - started
 
 
-def in_process(saved_model: Path, images: np.ndarray, batch: int, seconds: float) -> float:
-    """Images per second through the SavedModel's serving_default at ``batch``."""
+def in_process(serve, images: np.ndarray, batch: int, seconds: float) -> float:
+    """Images per second through ``serve`` (a SavedModel's serving_default) at ``batch``."""
     import tensorflow as tf
 
-    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
     tiled = np.concatenate([images] * max(1, -(-batch // len(images))))[:batch]
     x = tf.constant(tiled)
     serve(image=x)  # first call: set-up
@@ -223,10 +224,13 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
             code = "killed"
-    saved = Path(args.run) / "saved_model"
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(Path(args.run) / "saved_model")).signatures[
+        "serving_default"]
     embed_batch = inference_batch_size(*digits.shape[1:3])
-    reference = in_process(saved, digits, embed_batch, min(args.seconds, 10))
-    at_server_batch = in_process(saved, digits, args.max_batch_size, min(args.seconds, 10))
+    reference = in_process(serve, digits, embed_batch, min(args.seconds, 10))
+    at_server_batch = in_process(serve, digits, args.max_batch_size, min(args.seconds, 10))
 
     print()
     print("| signature | clients | requests/s | p50 ms | p99 ms | errors | mean batch | "
