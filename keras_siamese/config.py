@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from keras_siamese import precision
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.outputs import is_inside
 from keras_siamese.variants import VARIANTS, losses, mining_rules, variant_of
@@ -20,6 +21,7 @@ from keras_siamese.variants import VARIANTS, losses, mining_rules, variant_of
 DATASETS = ("mnist", "fashion_mnist")  # built in; also tfds:NAME or a class-folder path
 BACKBONES = ("small", "resnet")
 STRATEGIES = ("default", "mirrored", "multi-worker")
+PRECISIONS = precision.CHOICES
 
 DATA_FINGERPRINT = "data_fingerprint"  # config.json's record of the data (data.fingerprint)
 # Upper bounds that keep a typo (an extra zero or two) from reaching TensorFlow or the OS.
@@ -113,6 +115,11 @@ class TrainConfig:
                             "(--batch-size is the global batch); multi-worker: one process "
                             "per machine, each with its TF_CONFIG (see the README); only the "
                             "chief writes outputs.", choices=STRATEGIES)
+    precision: str = setting(
+        "float32", "Arithmetic of the embedding net: float32; bfloat16 or float16 (Keras mixed "
+        "precision: float32 weights, 16-bit compute, float32 embeddings, losses and "
+        "metrics); auto: float16 on a GPU, bfloat16 on a CPU with AVX512_BF16 or AMX, else "
+        "float32 (config.json records the pick).", choices=PRECISIONS)
 
     def __post_init__(self):
         self._check_model_and_data()
@@ -129,6 +136,9 @@ class TrainConfig:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone {self.backbone!r}: choose one of "
                               f"{', '.join(BACKBONES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}: choose one of "
+                              f"{', '.join(PRECISIONS)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}: choose one of "
                               f"{', '.join(STRATEGIES)}")

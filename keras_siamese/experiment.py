@@ -36,8 +36,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_siamese import (checkpoint, distribute, export, latent, memory, models, projector,
-                           streams)
+from keras_siamese import (checkpoint, distribute, export, latent, memory, models, precision,
+                           projector, streams)
 from keras_siamese import run_folder
 from keras_siamese.callbacks import HistoryCSV
 from keras_siamese.config import TrainConfig
@@ -69,7 +69,8 @@ class RunResult:
 def compiled_model(config: TrainConfig, net: NetSpec, steps_per_epoch: int) -> keras.Model:
     """The variant's model around a fresh shared embedding net (:mod:`variants`), compiled
     with its loss, metrics and Adam on a cosine-decayed learning rate."""
-    model, loss, metrics = config.model_variant.build(config, net)
+    with precision.building_in(config.precision):
+        model, loss, metrics = config.model_variant.build(config, net)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
@@ -130,6 +131,8 @@ def run(config: TrainConfig, resume: bool = False) -> RunResult:
     once finished, so a failed or interrupted new run leaves the earlier one as it was; a
     new run that fails before its first checkpoint leaves no folder behind."""
     strategy = distribute.make_strategy(config.strategy)  # before any other TensorFlow work
+    # "auto" becomes what it means here, in config.json too: a resumed run keeps it.
+    config = dataclasses.replace(config, precision=precision.resolve(config.precision))
     if not distribute.is_chief(strategy):
         return _train(config, strategy, resume, chief=False)
     with RunLock(config.run_dir, "training"):

@@ -28,6 +28,10 @@ its quality is measured instead: P@1 (test queries against the run's training im
 and MAP@R (leave-one-out on the test set) of the quantized and of the Keras embeddings,
 exactly as ``metrics.json`` computes them (:mod:`keras_siamese.metrics`).
 
+ONNX and LiteRT files compute in float32: a run trained in bfloat16 or float16
+(``--precision``) is exported with the same weights computing in float32, checked
+against that float32 net, and the largest difference from the 16-bit model is reported.
+
 The file records the run it came from (ONNX ``metadata_props``, a LiteRT metadata entry,
 key :data:`ORIGIN_KEY`), so exporting the run again replaces its own earlier file, while
 any other existing file is replaced only with ``overwrite``.
@@ -47,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_siamese import models
+from keras_siamese import models, precision
 from keras_siamese.errors import ConfigError, DataError, MissingDependencyError, OutputError
 from keras_siamese.outputs import atomic_path
 
@@ -338,6 +342,9 @@ class ExportCheck:
     Keras model's over ``images`` test images; ``scale``: the largest absolute value of the
     Keras model's embeddings there. ``quality`` (quantized exports):
     ``{"keras": {...}, "export": {...}}``, each with ``precision_at_1`` and ``map_at_r``.
+    The Keras model computes in float32: for a run trained in 16 bits (``--precision``) it
+    is the run's net made to compute in float32 (:func:`precision.float32_twin`), and
+    ``from_16_bit`` is the largest difference between the two on the same images.
     """
 
     path: Path
@@ -348,6 +355,7 @@ class ExportCheck:
     max_difference: float
     scale: float
     quality: dict | None = None
+    from_16_bit: float | None = None
 
     @property
     def allowed(self) -> str:
@@ -415,7 +423,8 @@ def export_file(run_dir, fmt: str, out=None, overwrite: bool = False,
     target = check_file_target(run_dir, out if out is not None else
                                default_path(run_dir, fmt, quantize), fmt, quantize, overwrite)
     with RunLock(run_dir, "exporting", writes=target.parent == run_dir):
-        embedding = load_embedding(run_dir)
+        trained = load_embedding(run_dir)
+        embedding = precision.float32_twin(trained)  # what these runtimes compute in
         try:
             split = run_split(run_dir)
         except DataError as error:  # say why an export needs the data at all
@@ -440,6 +449,11 @@ def export_file(run_dir, fmt: str, out=None, overwrite: bool = False,
                         f"{check.allowed}): not written")
         except OSError as error:
             raise OutputError(f"cannot write {target}: {error.strerror or error}") from error
+        if embedding is not trained:  # how far float32 arithmetic moves a 16-bit run
+            images = split.test_images[:check.images]
+            check = dataclasses.replace(check, from_16_bit=float(np.abs(
+                models.embed_images(trained, images) -
+                models.embed_images(embedding, images)).max()))
     return dataclasses.replace(check, path=target)
 
 
@@ -459,6 +473,9 @@ def describe(check: ExportCheck) -> list[str]:
                  f"({_change(keras_[key] - export[key])})"
                  for label, key in (("P@1", "precision_at_1"), ("MAP@R", "map_at_r"))]
         lines.append("test-set quality, Keras -> export: " + ", ".join(parts))
+    if check.from_16_bit is not None:
+        lines.append(f"the run computes in 16 bits, this file in float32 (same weights): max "
+                     f"|difference| from the 16-bit model {check.from_16_bit:.3g}")
     return lines
 
 

@@ -17,11 +17,16 @@ import numpy as np
 from keras_siamese.layers import (AbsoluteDifference, EuclideanDistance, GaussianSample,
                                   TripletDistances)
 
+# The embedding layer and every head after it compute in float32 whatever the run's
+# precision (keras_siamese.precision): losses, distances and metrics need float32, and a
+# 16-bit embedding would keep only 3 significant digits.
+OUTPUT_DTYPE = "float32"
 
-def _prelu(name: str, shared_axes=None):
+
+def _prelu(name: str, shared_axes=None, dtype=None):
     # PyTorch's PReLU starts at slope 0.25 (Keras at 0, a plain ReLU); keep the study's start.
     return keras.layers.PReLU(keras.initializers.Constant(0.25), shared_axes=shared_axes,
-                              name=name)
+                              name=name, dtype=dtype)
 
 
 def _small_trunk(x):
@@ -95,7 +100,7 @@ def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std
     -> the backbone's 256 features (by default the study's EmbeddingNet, Bielski's
     siamese-triplet) -> Dense ``embedding_dim``."""
     image = keras.Input(input_shape, name="image")
-    embedding = keras.layers.Dense(embedding_dim, name="fc_embedding")(
+    embedding = keras.layers.Dense(embedding_dim, name="fc_embedding", dtype=OUTPUT_DTYPE)(
         _trunk(image, mean, std, backbone))
     return keras.Model(image, embedding, name="embedding")
 
@@ -154,30 +159,34 @@ def _inputs(embedding, *names):
 def classifier_model(embedding, num_classes: int):
     """Softmax baseline: embedding -> PReLU -> Dense(num_classes, softmax)."""
     (image,) = _inputs(embedding, "image")
-    x = _prelu("prelu_head")(embedding(image))
-    probabilities = keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)
+    x = _prelu("prelu_head", dtype=OUTPUT_DTYPE)(embedding(image))
+    probabilities = keras.layers.Dense(num_classes, activation="softmax", name="classes",
+                                       dtype=OUTPUT_DTYPE)(x)
     return keras.Model(image, probabilities, name="classifier")
 
 
 def contrastive_model(embedding):
     """Siamese twin for contrastive loss: (x1, x2) -> Euclidean distance, shape (batch, 1)."""
     first, second = _inputs(embedding, "first", "second")
-    distance = EuclideanDistance(name="distance")([embedding(first), embedding(second)])
+    distance = EuclideanDistance(name="distance", dtype=OUTPUT_DTYPE)(
+        [embedding(first), embedding(second)])
     return keras.Model([first, second], distance, name="siamese_contrastive")
 
 
 def bce_model(embedding):
     """Siamese twin for BCE (Koch 2015): |e1 - e2| -> Dense(1, sigmoid) = P(same class)."""
     first, second = _inputs(embedding, "first", "second")
-    difference = AbsoluteDifference(name="abs_difference")([embedding(first), embedding(second)])
-    same = keras.layers.Dense(1, activation="sigmoid", name="same_probability")(difference)
+    difference = AbsoluteDifference(name="abs_difference", dtype=OUTPUT_DTYPE)(
+        [embedding(first), embedding(second)])
+    same = keras.layers.Dense(1, activation="sigmoid", name="same_probability",
+                              dtype=OUTPUT_DTYPE)(difference)
     return keras.Model([first, second], same, name="siamese_bce")
 
 
 def triplet_model(embedding):
     """Triplet network: (anchor, positive, negative) -> [d(a, p), d(a, n)], shape (batch, 2)."""
     anchor, positive, negative = _inputs(embedding, "anchor", "positive", "negative")
-    distances = TripletDistances(name="distances")(
+    distances = TripletDistances(name="distances", dtype=OUTPUT_DTYPE)(
         [embedding(anchor), embedding(positive), embedding(negative)]
     )
     return keras.Model([anchor, positive, negative], distances, name="triplet")
@@ -195,8 +204,9 @@ def vae_encoder(input_shape=(28, 28, 1), latent_dim: int = 2, mean=0.0, std=1.0,
     """The embedding net with two heads: the mean and the log-variance of q(z | x)."""
     image = keras.Input(input_shape, name="image")
     features = _trunk(image, mean, std, backbone)
-    z_mean = keras.layers.Dense(latent_dim, name="fc_embedding")(features)
-    z_log_var = keras.layers.Dense(latent_dim, name="fc_log_variance")(features)
+    z_mean = keras.layers.Dense(latent_dim, name="fc_embedding", dtype=OUTPUT_DTYPE)(features)
+    z_log_var = keras.layers.Dense(latent_dim, name="fc_log_variance",
+                                   dtype=OUTPUT_DTYPE)(features)
     return keras.Model(image, [z_mean, z_log_var], name="encoder")
 
 
@@ -213,7 +223,8 @@ def vae_decoder(latent_dim: int = 2, output_shape=(28, 28, 1)):
     x = _prelu("dec_prelu3", shared_axes=[1, 2])(x)
     x = keras.layers.Conv2DTranspose(32, 4, strides=2, padding="same", name="dec_up2")(x)
     x = _prelu("dec_prelu4", shared_axes=[1, 2])(x)
-    logits = keras.layers.Conv2D(channels, 3, padding="same", name="dec_logits")(x)
+    logits = keras.layers.Conv2D(channels, 3, padding="same", name="dec_logits",
+                                 dtype=OUTPUT_DTYPE)(x)
     return keras.Model(z, logits, name="decoder")
 
 
@@ -222,7 +233,8 @@ def vae_model(encoder, decoder):
     posterior ``[mean, log_var]`` concatenated, for the two terms of the ELBO."""
     (image,) = _inputs(encoder, "image")
     z_mean, z_log_var = encoder(image)
-    z = GaussianSample(name="sample")([z_mean, z_log_var])
-    posterior = keras.layers.Concatenate(name="posterior")([z_mean, z_log_var])
+    z = GaussianSample(name="sample", dtype=OUTPUT_DTYPE)([z_mean, z_log_var])
+    posterior = keras.layers.Concatenate(name="posterior", dtype=OUTPUT_DTYPE)(
+        [z_mean, z_log_var])
     return keras.Model(image, {"reconstruction": decoder(z), "posterior": posterior},
                        name="vae")
