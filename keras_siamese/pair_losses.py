@@ -147,7 +147,8 @@ def supcon_loss(labels, embeddings, temperature: float = 0.1):
     """Supervised contrastive loss (Khosla et al. 2020, NeurIPS, Eq. 2, L^sup_out), per
     anchor:
 
-    ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(z_i.z_p / tau) / sum_{a in A(i)} exp(z_i.z_a / tau) ]``
+    ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(z_i.z_p / tau) / Z_i ]``,
+    ``Z_i = sum_{a in A(i)} exp(z_i.z_a / tau)``
 
     with ``z`` the unit embeddings, ``A(i)`` every other item of the batch and ``P(i)`` the
     positives of ``i`` (same class, not ``i``). In a P x K batch each image is the paper's

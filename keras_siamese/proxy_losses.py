@@ -146,9 +146,10 @@ def arcface_logits(labels, cosines, scale: float = 64.0, margin: float = 0.5):
 
     ``cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m)``, with ``sin(theta) =
     sqrt(1 - cos^2)`` taken as exactly 0 where ``cos^2 >= 1`` (an image on its centre) and
-    its gradient kept finite there (the square root's argument is at least eps). Where ``theta + m > pi`` (``cos(theta) < cos(pi - m)``), ``cos(theta + m)``
-    would grow again as ``theta`` grows; there the target logit is ``s (cos(theta) -
-    m sin(m))``, as in the authors' code (insightface), so it keeps falling."""
+    its gradient kept finite there (the square root's argument is at least eps). Where
+    ``theta + m > pi`` (``cos(theta) < cos(pi - m)``), ``cos(theta + m)`` would grow again
+    as ``theta`` grows; there the target logit is ``s (cos(theta) - m sin(m))``, as in the
+    authors' code (insightface), so it keeps falling."""
     _, cosines, target = _labels_and_cosines(labels, cosines)
     sine_squared = 1.0 - tf.square(cosines)
     sine = tf.where(sine_squared > 0.0, tf.sqrt(tf.maximum(sine_squared, EPSILON)), 0.0)
@@ -162,7 +163,8 @@ def arcface_loss(labels, cosines, scale: float = 64.0, margin: float = 0.5):
     """ArcFace, additive angular margin loss (Deng, Guo, Xue, Zafeiriou 2019, CVPR, Eq. 3),
     per image:
 
-    ``L_i = -log[ e^{s cos(theta_y + m)} / (e^{s cos(theta_y + m)} + sum_{j != y} e^{s cos(theta_j)}) ]``
+    ``L_i = -log[ e^{s cos(theta_y + m)} / Z_i ]``,
+    ``Z_i = e^{s cos(theta_y + m)} + sum_{j != y} e^{s cos(theta_j)}``
 
     with ``theta_j`` the angle between the image's embedding and class ``j``'s centre
     (with sub-centres, sub-center ArcFace, Deng et al. 2020: the nearest of its class's;
@@ -194,7 +196,8 @@ def cosface_loss(labels, cosines, scale: float = 64.0, margin: float = 0.35):
     """CosFace, large margin cosine loss (Wang, Wang, Zhou, Ji, Gong, Zhou, Li, Liu 2018,
     CVPR, Eq. 4), per image:
 
-    ``L_i = -log[ e^{s (cos(theta_y) - m)} / (e^{s (cos(theta_y) - m)} + sum_{j != y} e^{s cos(theta_j)}) ]``
+    ``L_i = -log[ e^{s (cos(theta_y) - m)} / Z_i ]``,
+    ``Z_i = e^{s (cos(theta_y) - m)} + sum_{j != y} e^{s cos(theta_j)}``
 
     with ``theta_j`` the angle to class ``j``'s centre (the nearest sub-centre with
     ``sub_centers`` > 1) and ``y`` the image's class. Defaults: s = 64, m = 0.35, the
