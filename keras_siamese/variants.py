@@ -68,7 +68,8 @@ class Variant:
     Attributes:
         loss: the ``--loss`` name.
         mining: the ``--mining`` name; ``"random"`` for offline pairs / triplets / images.
-        summary: one line of help for ``--loss`` (offline) or ``--mining`` (online).
+        summary: one line of help: for ``--loss`` on the row named by its loss, else a
+            description of the mining rule.
         build: ``(config, net) -> (model, loss, metrics)``, the model around a fresh
             embedding net (:class:`NetSpec`), and what it compiles with.
         streams: ``(config, seen split, start epoch) -> (train, validation)`` datasets.
@@ -180,7 +181,9 @@ PROXY_LR_MULTIPLIER = 100.0
 def _class_proxies(loss, lr_multiplier: float = 1.0):
     """``build`` of a loss against learned class vectors: image -> embedding -> one vector
     (or ``--sub-centers`` vectors) per class -> cosines, compiled with ``loss(config)`` and
-    the accuracy of the nearest class vector."""
+    the accuracy of the nearest class vector. There is a vector for every class of the
+    dataset: a class left out with ``--holdout-classes`` keeps one that only ever meets
+    negatives (Proxy-Anchor's mean over all proxies counts it)."""
     def build(config, net):
         head = ClassProxies(net.num_classes, config.sub_centers, lr_multiplier, name="proxies")
         return (models.proxy_model(net.embedding_net(config), head), loss(config),
