@@ -79,10 +79,10 @@ def _setting_option(field: dataclasses.Field):
     from the field (see ``config.setting``), so they are defined once."""
     meta, name = field.metadata, f"--{field.name.replace('_', '-')}"
     settings = dict(help=meta["help"], callback=_CALLBACKS.get(field.name))
-    if field.type == "bool":
+    if field.type.split(" | ")[0] == "bool":  # "bool | None": None leaves it to the loss
         switch = meta.get("switch", False)  # --x/--no-x, else a one-way flag
         flags = [f"{name}/--no-{field.name.replace('_', '-')}" if switch else name]
-        settings.update(default=field.default, show_default=switch)
+        settings.update(default=field.default, show_default=meta.get("default_text", switch))
         if not switch:
             settings["is_flag"] = True
     else:

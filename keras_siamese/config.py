@@ -16,7 +16,7 @@ from pathlib import Path
 from keras_siamese import precision
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.outputs import is_inside
-from keras_siamese.variants import VARIANTS, losses, mining_rules, variant_of
+from keras_siamese.variants import VARIANTS, default_mining, losses, mining_rules, variant_of
 
 DATASETS = ("mnist", "fashion_mnist")  # built in; also tfds:NAME or a class-folder path
 BACKBONES = ("small", "resnet")
@@ -30,6 +30,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_GIF_FRAME_MS = 655350  # GIF stores frame durations as 16-bit centiseconds
 MAX_SEED = 2**32 - 1  # numpy's and keras.utils.set_random_seed's limit
 MAX_NAME_BYTES = 200  # run folder names; file systems allow 255 bytes, staging adds some
+MAX_SUB_CENTERS = 64
 
 
 def setting(default, help: str, **cli):
@@ -44,13 +45,18 @@ def _online_rules() -> str:
     return ", ".join(rules)
 
 
+def _losses_where(test) -> str:
+    """The losses (their default rows) for which ``test(variant)`` holds, as text."""
+    return ", ".join(v.loss for v in VARIANTS.values() if v.name == v.loss and test(v))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run; invalid values raise :class:`ConfigError`."""
 
     loss: str = setting(
         "contrastive", "; ".join(f"{v.loss}: {v.summary}" for v in VARIANTS.values()
-                                 if not v.online) + ".", choices=losses())
+                                 if v.name == v.loss) + ".", choices=losses())
     dataset: str = setting(
         "mnist", "mnist or fashion_mnist (offline from --data-dir, TFDS or the packaged "
         "copies); tfds:NAME, a TFDS image-classification dataset prepared on this machine; "
@@ -61,7 +67,11 @@ class TrainConfig:
     batch_size: int = setting(128, "Pairs, triplets or images per training step.")
     learning_rate: float = setting(1e-3, "Adam's initial learning rate (cosine-decayed to 0 "
                                    "over the run).", aliases=("--lr",))
-    margin: float = setting(1.0, "Margin of the contrastive and triplet losses (> 0).")
+    margin: float | None = setting(
+        None, "Margin of the loss (> 0): of the contrastive and triplet losses; m of circle, "
+        "arcface (radians) and cosface; delta of proxy-anchor. multi-similarity and supcon "
+        "have none.", default_text="the loss's own: 1.0 contrastive and triplet, 0.4 circle, "
+        "0.1 proxy-anchor, 0.5 arcface, 0.35 cosface")
     embedding_dim: int = setting(2, "Size of the embedding; plots show a PCA projection "
                                  "when > 2.")
     seed: int = setting(0, "Seed of weights and training pairs; same seed, same run.")
@@ -96,12 +106,26 @@ class TrainConfig:
     export: bool = setting(True, "Export the embedding net as a TensorFlow SavedModel "
                            "(<run folder>/saved_model) for serving without this package.",
                            switch=True)
-    mining: str = setting(
-        "random", "random: the study's offline pairs/triplets. Online, on P x K batches: "
-        f"{_online_rules()}.", choices=mining_rules())
+    mining: str | None = setting(
+        None, "random: offline pairs, triplets or shuffled images (the study's losses, "
+        "proxy-anchor, arcface, cosface). Online, on P x K batches: "
+        f"{_online_rules()}.", choices=mining_rules(),
+        default_text="the loss's own: " + ", ".join(
+            f"{v.mining} for {v.loss}" for v in VARIANTS.values() if v.default)
+        + ", random for the others")
     classes_per_batch: int = setting(8, "P: classes in each online-mining batch (batch size "
                                      "P x K).")
     images_per_class: int = setting(16, "K: images of each class in each online-mining batch.")
+    normalize: bool | None = setting(
+        None, "L2-normalise the embedding as the embedding net's last layer, so metrics, "
+        "plots, projector, index, export and serving all get the unit vectors it trained "
+        "with; their Euclidean distances rank as cosine distances (d^2 = 2 - 2 cos).",
+        switch=True, default_text="on for the losses defined on cosine similarity: "
+        + _losses_where(lambda v: v.unit_vectors) + "; off for the others")
+    sub_centers: int = setting(
+        1, "K vectors per class for " + _losses_where(lambda v: v.sub_centers)
+        + " (sub-center ArcFace, Deng et al. 2020): an image's cosine to a class is that to "
+        "the nearest of them.")
     image_size: int | None = setting(
         None, "Read images at N x N pixels.", default_text="MNIST-like data keeps 28 x 28; "
         "other data keeps its size if all images share one up to 64 x 64, else 64 x 64")
@@ -129,6 +153,8 @@ class TrainConfig:
     def _check_model_and_data(self) -> None:
         if self.loss not in losses():
             raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(losses())}")
+        if self.mining is None:
+            self._fill("mining", default_mining(self.loss))
         if not (self.dataset in DATASETS or self.dataset.startswith("tfds:")
                 or os.sep in self.dataset or os.path.isdir(self.dataset)):
             raise ConfigError(f"unknown dataset {self.dataset!r}: choose {', '.join(DATASETS)}, "
@@ -149,6 +175,7 @@ class TrainConfig:
         if self.mining not in mining_rules(self.loss):
             raise ConfigError(f"--mining {self.mining!r} does not apply to --loss {self.loss}: "
                               f"choose one of {', '.join(mining_rules(self.loss))}")
+        self._check_loss_options()
         multiple = self.model_variant.image_multiple
         if self.image_size is not None and self.image_size % multiple:
             raise ConfigError(f"--image-size {self.image_size}: --loss {self.variant} needs a "
@@ -159,11 +186,42 @@ class TrainConfig:
         if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
             raise ConfigError(f"--image-size must be <= {MAX_IMAGE_SIZE}, got {self.image_size}")
 
+    def _fill(self, name: str, value) -> None:
+        """Set a field the user left to the loss (frozen: only while checking)."""
+        object.__setattr__(self, name, value)
+
+    def _check_loss_options(self) -> None:
+        """Options whose default is the loss's own take it; those the loss cannot use are
+        refused."""
+        variant = self.model_variant
+        if self.margin is None:
+            self._fill("margin", variant.margin)
+        elif variant.margin is None:
+            raise ConfigError(f"--margin does not apply to --loss {self.loss}: it has no "
+                              "margin (its settings are its paper's); drop --margin")
+        if self.normalize is None:
+            self._fill("normalize", variant.unit_vectors)
+        elif not self.normalize and variant.unit_vectors:
+            raise ConfigError(f"--no-normalize: --loss {self.loss} is defined on the cosine "
+                              "similarity of unit vectors; drop --no-normalize")
+        elif self.normalize and not variant.normalizable:
+            raise ConfigError(f"--normalize does not apply to --loss {self.loss}: its "
+                              "embedding is its posterior's mean, which the ELBO needs "
+                              "unconstrained; drop --normalize")
+        if self.sub_centers != 1 and not variant.sub_centers:
+            raise ConfigError(f"--sub-centers {self.sub_centers}: only "
+                              f"{_losses_where(lambda v: v.sub_centers)} have sub-centres, "
+                              f"not --loss {self.loss}; drop --sub-centers")
+        if not 1 <= self.sub_centers <= MAX_SUB_CENTERS:
+            raise ConfigError(f"--sub-centers must be between 1 and {MAX_SUB_CENTERS}, got "
+                              f"{self.sub_centers}")
+
     def _check_numbers(self) -> None:
         _require_positive("epochs", self.epochs)
         _require_positive("batch size", self.batch_size)
         _require_positive("learning rate", self.learning_rate)
-        _require_positive("margin", self.margin)
+        if self.margin is not None:
+            _require_positive("margin", self.margin)
         _require_positive("embedding dimension", self.embedding_dim)
         if self.limit is not None:
             _require_positive("limit", self.limit)
@@ -278,6 +336,7 @@ class TrainConfig:
                 raise DataError(f"{source}: {name} is {json.dumps(value)}, not a "
                                 f"value of type {fields[name]}; repair or remove the file")
         settings["holdout_classes"] = tuple(settings.get("holdout_classes", ()))
+        settings.setdefault("normalize", False)  # runs made before --normalize: not normalised
         if not isinstance(fingerprint, (dict, type(None))):
             raise DataError(f"{source}: {DATA_FINGERPRINT} is not a JSON object")
         try:

@@ -3,7 +3,8 @@
 ``draw_models(folder)`` writes ``embedding.png`` (the shared embedding net, layer by
 layer), one diagram per model of the variant table (:mod:`keras_siamese.variants`):
 ``classifier.png``, ``siamese_contrastive.png``, ``siamese_bce.png``, ``triplet.png``,
-``vae.png`` and ``online_embedding.png`` (the model every online-mining variant trains),
+``vae.png``, ``online_embedding.png`` (the model every online-mining variant and the
+pair losses train) and ``class_proxies.png`` (Proxy-Anchor's, ArcFace's and CosFace's),
 and ``architecture.png``, all of them side by side. The models show the embedding net
 (the VAE: its encoder) as ONE box that every input branch runs through, which is what
 "shared weights" means; they are drawn without ``expand_nested``, which would stretch
@@ -86,7 +87,7 @@ def combine(paths: list[Path], out: Path) -> None:
         ax.set_title(path.stem, fontsize=14)
         ax.axis("off")
     fig.suptitle("One embedding net, shared by every model: the classifier, both Siamese "
-                 "twins, the triplet and online-mining networks, and the VAE's encoder",
-                 fontsize=16)
+                 "twins, the triplet, online-mining and class-proxy networks, and the VAE's "
+                 "encoder", fontsize=16)
     fig.tight_layout()
     save_figure(fig, out)

@@ -1,6 +1,7 @@
 """The shared embedding network, the models built around ONE instance of it (the softmax
-classifier, the contrastive and the BCE Siamese twins, the triplet network and the
-online-mining model, image -> embedding), and the VAE, whose encoder is a network of the
+classifier, the contrastive and the BCE Siamese twins, the triplet network, the
+online-mining model, image -> embedding, and the class-proxy model, image -> embedding ->
+learned class vectors), and the VAE, whose encoder is a network of the
 same architecture (its own weights) with a mean and a log-variance head.
 
 Every model takes raw pixels (float32, 0..255, shape H x W x C); normalisation is the
@@ -95,13 +96,22 @@ def _trunk(image, mean, std, backbone: str):
 
 
 def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std=1.0,
-                  backbone: str = "small"):
+                  backbone: str = "small", normalize: bool = False):
     """The shared embedding network as a Keras functional model: Normalize((x - mean) / std)
     -> the backbone's 256 features (by default the study's EmbeddingNet, Bielski's
-    siamese-triplet) -> Dense ``embedding_dim``."""
+    siamese-triplet) -> Dense ``embedding_dim`` -> with ``normalize``, L2 normalisation
+    (Keras' ``UnitNormalization``, layer ``unit_normalize``).
+
+    The normalisation is the net's last layer, so everything that uses the embedding net
+    (metrics, latent frames, projector, index, export, serving) gets the unit vectors the
+    run trained with. Between unit vectors ``|a - b|^2 = 2 - 2 cos(a, b)``: the Euclidean
+    distance is a decreasing function of the cosine similarity, so the neighbours it ranks
+    and the rank metrics it gives are exactly those of the cosine distance."""
     image = keras.Input(input_shape, name="image")
     embedding = keras.layers.Dense(embedding_dim, name="fc_embedding", dtype=OUTPUT_DTYPE)(
         _trunk(image, mean, std, backbone))
+    if normalize:
+        embedding = keras.layers.UnitNormalization(name="unit_normalize")(embedding)
     return keras.Model(image, embedding, name="embedding")
 
 
@@ -197,6 +207,15 @@ def online_model(embedding):
     (with the labels as ``y_true``) and mines its pairs or triplets."""
     (image,) = _inputs(embedding, "image")
     return keras.Model(image, embedding(image), name="online_embedding")
+
+
+def proxy_model(embedding, head):
+    """For the losses against learned class vectors (Proxy-Anchor, ArcFace, CosFace):
+    image -> embedding -> ``head``, a layer holding the class vectors that gives each
+    image's cosine similarity to each class (``proxy_losses.ClassProxies``). The embedding
+    net stays the ``embedding`` sub-model; the head only trains it."""
+    (image,) = _inputs(embedding, "image")
+    return keras.Model(image, head(embedding(image)), name="class_proxies")
 
 
 def vae_encoder(input_shape=(28, 28, 1), latent_dim: int = 2, mean=0.0, std=1.0,

@@ -8,11 +8,14 @@ training and what it draws after. :mod:`keras_siamese.experiment` reads the tabl
 never branches on a loss name, the command line offers its names as ``--loss`` /
 ``--mining`` choices, ``reproduce`` as grid columns, and ``diagram`` draws its models. A
 new loss or mining rule is one entry here plus its own code (its loss in
-:mod:`keras_siamese.losses`, its miner in :mod:`keras_siamese.mining`).
+:mod:`keras_siamese.losses`, :mod:`keras_siamese.pair_losses` or
+:mod:`keras_siamese.proxy_losses`, its miner in :mod:`keras_siamese.mining`).
 
 Names: a variant's ``name`` is its loss (``triplet``) for the study's offline pairs and
-triplets (``mining = "random"``), else ``<loss>-<mining>`` (``triplet-batch-hard``): the
-run folder's default name starts with it.
+triplets (``mining = "random"``) and for the row ``--loss`` alone trains (``default``:
+``supcon`` is SupCon over all pairs of P x K batches), else ``<loss>-<mining>``
+(``triplet-batch-hard``): the run folder's default name starts with it. Every loss has
+exactly one row named by it, whose mining is the loss's default ``--mining``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 from keras_siamese import models, streams
 from keras_siamese.losses import (BernoulliReconstructionLoss, ContrastiveLoss, GaussianKLLoss,
                                   OnlineContrastiveLoss, OnlineTripletLoss, TripletLoss)
+from keras_siamese.pair_losses import MultiSimilarityLoss, SupConLoss
+from keras_siamese.proxy_losses import ArcFaceLoss, ClassProxies, CosFaceLoss, ProxyAnchorLoss
 from keras_siamese.plots import manifold_image, reconstruction_strip
 
 if TYPE_CHECKING:
@@ -53,7 +58,7 @@ class NetSpec:
         """A fresh shared embedding net as ``config`` sets it up."""
         return models.embedding_net(self.input_shape, config.embedding_dim,
                                     mean=self.pixel_mean, std=self.pixel_std,
-                                    backbone=config.backbone)
+                                    backbone=config.backbone, normalize=config.normalize)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +68,8 @@ class Variant:
     Attributes:
         loss: the ``--loss`` name.
         mining: the ``--mining`` name; ``"random"`` for offline pairs / triplets / images.
-        summary: one line of help for ``--loss`` (offline) or ``--mining`` (online).
+        summary: one line of help: for ``--loss`` on the row named by its loss, else a
+            description of the mining rule.
         build: ``(config, net) -> (model, loss, metrics)``, the model around a fresh
             embedding net (:class:`NetSpec`), and what it compiles with.
         streams: ``(config, seen split, start epoch) -> (train, validation)`` datasets.
@@ -74,6 +80,15 @@ class Variant:
         activations_per_image: how many forward passes' activations one training image
             costs (the VAE's decoder doubles them): for the memory check.
         image_multiple: image sides must be multiples of it (the VAE's two 2x upsamplings).
+        default: this row is what ``--loss`` alone trains, and is named by its loss (as
+            every offline row is); for a loss with online rows only.
+        margin: the ``--margin`` the loss trains with unless one is given; None: the loss
+            has no margin and ``--margin`` is refused.
+        unit_vectors: the loss is defined on unit embeddings (cosine similarities):
+            ``--normalize`` is on by default and ``--no-normalize`` is refused.
+        normalizable: False where ``--normalize`` is refused (the VAE: its embedding is
+            the mean of its posterior, which the ELBO needs unconstrained).
+        sub_centers: the loss takes ``--sub-centers`` (more than one vector per class).
     """
 
     loss: str
@@ -85,10 +100,16 @@ class Variant:
     figures: Callable | None = None
     activations_per_image: int = 1
     image_multiple: int = 1
+    default: bool = False
+    margin: float | None = 1.0
+    unit_vectors: bool = False
+    normalizable: bool = True
+    sub_centers: bool = False
 
     @property
     def name(self) -> str:
-        return self.loss if self.mining == OFFLINE else f"{self.loss}-{self.mining}"
+        named_by_loss = self.mining == OFFLINE or self.default
+        return self.loss if named_by_loss else f"{self.loss}-{self.mining}"
 
     @property
     def online(self) -> bool:
@@ -132,6 +153,42 @@ def _online_triplet(config, net):
 
 def _online_contrastive(config, net):
     return models.online_model(net.embedding_net(config)), OnlineContrastiveLoss(config.margin), []
+
+
+def _multi_similarity(config, net):
+    return (models.online_model(net.embedding_net(config)),
+            MultiSimilarityLoss(mining_rule=config.mining), [])
+
+
+def _circle(config, net):
+    """Keras' own ``keras.losses.Circle`` as it is: it takes what the online model gives
+    (integer labels, unit embeddings) and returns a loss per anchor (how, and how its mean
+    treats a P x K batch: :mod:`keras_siamese.pair_losses`); ``--margin`` is its m, gamma
+    stays 80."""
+    return models.online_model(net.embedding_net(config)), \
+        keras.losses.Circle(margin=config.margin), []
+
+
+def _supcon(config, net):
+    return models.online_model(net.embedding_net(config)), SupConLoss(), []
+
+
+# Proxy-Anchor trains its proxies 100x faster than the network (Kim et al. 2020);
+# ArcFace and CosFace train their class centres as fast as the rest.
+PROXY_LR_MULTIPLIER = 100.0
+
+
+def _class_proxies(loss, lr_multiplier: float = 1.0):
+    """``build`` of a loss against learned class vectors: image -> embedding -> one vector
+    (or ``--sub-centers`` vectors) per class -> cosines, compiled with ``loss(config)`` and
+    the accuracy of the nearest class vector. There is a vector for every class of the
+    dataset: a class left out with ``--holdout-classes`` keeps one that only ever meets
+    negatives (Proxy-Anchor's mean over all proxies counts it)."""
+    def build(config, net):
+        head = ClassProxies(net.num_classes, config.sub_centers, lr_multiplier, name="proxies")
+        return (models.proxy_model(net.embedding_net(config), head), loss(config),
+                ["sparse_categorical_accuracy"])
+    return build
 
 
 # --- streams ---------------------------------------------------------------------------
@@ -198,7 +255,8 @@ _TABLE = (
             _offline_streams(streams.triplet_stream, streams.evaluation_triplets)),
     Variant("vae", OFFLINE, "variational autoencoder (its latent mean is the embedding)",
             _vae, _offline_streams(streams.vae_stream, streams.evaluation_vae_images),
-            figures=_vae_figures, activations_per_image=2, image_multiple=4),
+            figures=_vae_figures, activations_per_image=2, image_multiple=4,
+            normalizable=False),
     Variant("contrastive", "hard-negative", "every positive pair and as many nearest "
             "negative pairs", _online_contrastive, _pk_streams, check=_check_pk),
     Variant("triplet", "batch-all", "every valid triplet with a positive loss",
@@ -207,9 +265,48 @@ _TABLE = (
             _online_triplet, _pk_streams, check=_check_batch_hard),
     Variant("triplet", "semi-hard", "per positive pair the nearest negative beyond it",
             _online_triplet, _pk_streams, check=_check_pk),
+    Variant("multi-similarity", "ms-mining", "Multi-Similarity (Wang et al. 2019) on the "
+            "pairs its own mining keeps, P x K batches", _multi_similarity, _pk_streams,
+            check=_check_pk, default=True, margin=None, unit_vectors=True),
+    Variant("multi-similarity", "all-pairs", "every pair of the batch",
+            _multi_similarity, _pk_streams, check=_check_pk, margin=None, unit_vectors=True),
+    Variant("circle", "all-pairs", "Circle loss (Sun et al. 2020, Keras' own) on every pair "
+            "of P x K batches", _circle, _pk_streams, check=_check_pk, default=True,
+            margin=0.4, unit_vectors=True),
+    Variant("supcon", "all-pairs", "supervised contrastive (Khosla et al. 2020) on P x K "
+            "batches", _supcon, _pk_streams, check=_check_pk, default=True, margin=None,
+            unit_vectors=True),
+    Variant("proxy-anchor", OFFLINE, "Proxy-Anchor (Kim et al. 2020), learned class proxies",
+            _class_proxies(lambda config: ProxyAnchorLoss(delta=config.margin),
+                           PROXY_LR_MULTIPLIER),
+            _offline_streams(streams.image_stream, streams.evaluation_images),
+            margin=0.1, unit_vectors=True),
+    Variant("arcface", OFFLINE, "additive angular margin softmax (Deng et al. 2019)",
+            _class_proxies(lambda config: ArcFaceLoss(margin=config.margin)),
+            _offline_streams(streams.image_stream, streams.evaluation_images),
+            margin=0.5, unit_vectors=True, sub_centers=True),
+    Variant("cosface", OFFLINE, "large margin cosine softmax (Wang et al. 2018)",
+            _class_proxies(lambda config: CosFaceLoss(margin=config.margin)),
+            _offline_streams(streams.image_stream, streams.evaluation_images),
+            margin=0.35, unit_vectors=True, sub_centers=True),
 )
 
-VARIANTS: dict[str, Variant] = {variant.name: variant for variant in _TABLE}
+
+def _index(table) -> dict[str, Variant]:
+    """The table by variant name; every loss named by exactly one of its rows."""
+    named = {}
+    for variant in table:
+        if variant.name in named:
+            raise ValueError(f"two variants are named {variant.name!r}: at most one "
+                             "default row per loss")
+        named[variant.name] = variant
+    unnamed = {variant.loss for variant in table} - set(named)
+    if unnamed:
+        raise ValueError(f"no default row for {', '.join(sorted(unnamed))}")
+    return named
+
+
+VARIANTS: dict[str, Variant] = _index(_TABLE)
 
 
 def losses() -> tuple[str, ...]:
@@ -224,6 +321,18 @@ def mining_rules(loss: str | None = None) -> tuple[str, ...]:
     return tuple(variant.mining for variant in VARIANTS.values() if variant.loss == loss)
 
 
-def variant_of(loss: str, mining: str = OFFLINE) -> Variant:
-    """The variant of ``--loss`` and ``--mining``; KeyError if there is none."""
-    return VARIANTS[loss if mining == OFFLINE else f"{loss}-{mining}"]
+def default_mining(loss: str) -> str:
+    """The ``--mining`` that ``--loss`` trains with unless one is given: its row named by
+    the loss (``random`` for the study's losses); KeyError for an unknown loss."""
+    return VARIANTS[loss].mining
+
+
+def variant_of(loss: str, mining: str | None = None) -> Variant:
+    """The variant of ``--loss`` and ``--mining`` (None: the loss's default); KeyError if
+    there is none."""
+    if mining is None:
+        return VARIANTS[loss]
+    for variant in VARIANTS.values():
+        if (variant.loss, variant.mining) == (loss, mining):
+            return variant
+    raise KeyError(f"{loss}-{mining}")

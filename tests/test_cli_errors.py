@@ -26,6 +26,8 @@ CASES = [
      "--classes-per-batch 11: only 10 classes"),
     (["--loss", "triplet", "--mining", "semi-hard", "--limit", "100", "--images-per-class",
       "11"], 2, "--images-per-class 11: the smallest class has only 10 images"),
+    (["--loss", "arcface", "--no-normalize"], 2,
+     "--no-normalize: --loss arcface is defined on the cosine similarity of unit vectors"),
 ]
 
 
@@ -81,7 +83,8 @@ def test_help_explains_every_option():
     for option in ["--loss", "--dataset", "--epochs", "--batch-size", "--learning-rate",
                    "--margin", "--embedding-dim", "--seed", "--limit", "--data-dir",
                    "--output-dir", "--log-dir", "--run-name", "--overwrite", "--image-size",
-                   "--test-split", "--backbone", "--strategy"]:
+                   "--test-split", "--backbone", "--strategy", "--normalize",
+                   "--sub-centers"]:
         assert option in result.stdout
 
 

@@ -13,7 +13,7 @@ from keras_siamese import diagrams
 from keras_siamese.errors import MissingDependencyError
 
 NAMES = ["embedding", "classifier", "siamese_contrastive", "siamese_bce", "triplet", "vae",
-         "online_embedding", "architecture"]
+         "online_embedding", "class_proxies", "architecture"]
 
 
 def test_draws_every_model_and_the_overview(tmp_path):
@@ -21,14 +21,15 @@ def test_draws_every_model_and_the_overview(tmp_path):
     assert [p.name for p in paths] == [f"{name}.png" for name in NAMES]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
-    assert Image.open(paths[-1]).size == (2600, 1100)
+    assert Image.open(paths[-1]).size == (2600, 1650)  # 7 models, 3 rows
     assert not [p for p in (tmp_path / "diagrams").iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("name,branches,net", [
     ("siamese_contrastive", 2, "embedding"), ("siamese_bce", 2, "embedding"),
     ("triplet", 3, "embedding"), ("classifier", 1, "embedding"),
-    ("online_embedding", 1, "embedding"), ("vae", 1, "encoder")])
+    ("online_embedding", 1, "embedding"), ("class_proxies", 1, "embedding"),
+    ("vae", 1, "encoder")])
 def test_every_branch_runs_through_one_embedding_box(name, branches, net):
     dot = keras.utils.model_to_dot(diagrams.architectures()[name], show_shapes=True)
     boxes = [node for node in dot.get_nodes() if net in (node.get("label") or "")]

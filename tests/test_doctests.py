@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["keras_siamese.losses", "keras_siamese.metrics", "keras_siamese.neighbours",
-           "keras_siamese.calibration"]
+MODULES = ["keras_siamese.losses", "keras_siamese.pair_losses", "keras_siamese.proxy_losses",
+           "keras_siamese.metrics", "keras_siamese.neighbours", "keras_siamese.calibration"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -39,6 +39,23 @@ CASES = [
     (["--holdout-classes", "a,b"], "is not a comma-separated list of class numbers"),
     (["--epochs", "1e3"], "'1e3' is not a valid integer"),
     (["--mining", "hardest"], "'hardest' is not one of"),
+    # Options a loss cannot use, and losses on cosine similarity without unit vectors.
+    *[(["--loss", loss, "--no-normalize"], f"--no-normalize: --loss {loss} is defined on "
+       "the cosine similarity of unit vectors") for loss in
+      ("multi-similarity", "circle", "supcon", "proxy-anchor", "arcface", "cosface")],
+    (["--loss", "vae", "--normalize"], "--normalize does not apply to --loss vae"),
+    (["--loss", "supcon", "--margin", "0.2"], "--margin does not apply to --loss supcon"),
+    (["--loss", "multi-similarity", "--margin", "0.2"],
+     "--margin does not apply to --loss multi-similarity"),
+    (["--loss", "contrastive", "--sub-centers", "3"],
+     "--sub-centers 3: only arcface, cosface have sub-centres, not --loss contrastive"),
+    (["--loss", "proxy-anchor", "--sub-centers", "2"], "only arcface, cosface have sub-centres"),
+    (["--loss", "arcface", "--sub-centers", "0"], "--sub-centers must be between 1 and 64"),
+    (["--loss", "circle", "--mining", "random"],
+     "--mining 'random' does not apply to --loss circle: choose one of all-pairs"),
+    (["--loss", "arcface", "--mining", "batch-hard"],
+     "--mining 'batch-hard' does not apply to --loss arcface: choose one of random"),
+    (["--loss", "cosface", "--margin", "0"], "margin must be > 0"),
 ]
 
 

@@ -113,3 +113,22 @@ def test_bce_model_round_trips(tmp_path, embedding):
     restored = keras.models.load_model(tmp_path / "bce.keras")
     x = images(2)
     np.testing.assert_allclose(restored([x, x[::-1]]), model([x, x[::-1]]), rtol=1e-6)
+
+
+def test_normalize_ends_the_embedding_net_in_unit_vectors_ranked_as_by_cosine():
+    """--normalize: the net's last layer makes unit vectors, whose squared Euclidean
+    distance is 2 - 2 cos, so nearest neighbours by distance are those by cosine."""
+    keras.utils.set_random_seed(0)
+    net = models.embedding_net((28, 28, 1), 8, mean=33.3, std=78.6, normalize=True)
+    assert isinstance(net.layers[-1], keras.layers.UnitNormalization)
+    assert [layer.name for layer in net.layers][-2:] == ["fc_embedding", "unit_normalize"]
+    e = models.embed_images(net, images(40, 4)).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-6)
+    d2 = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+    cos = e @ e.T
+    np.testing.assert_allclose(d2, 2 - 2 * cos, atol=1e-6)
+    for row_d2, row_cos in zip(d2, cos):
+        assert np.all(np.diff(row_cos[np.argsort(row_d2)]) <= 1e-6)  # nearest first
+    # Without it the net is as ever, its embeddings not unit vectors.
+    plain = models.embedding_net((28, 28, 1), 8)
+    assert plain.layers[-1].name == "fc_embedding"

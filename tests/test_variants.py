@@ -92,3 +92,78 @@ def test_unknown_mining_for_a_loss_names_the_table_rows():
     with pytest.raises(ConfigError, match="choose one of random, batch-all, batch-hard, "
                                           "semi-hard"):
         TrainConfig(loss="triplet", mining="hard-negative")
+
+
+NEW_LOSSES = {  # loss: (default mining, margin, P x K batches)
+    "multi-similarity": ("ms-mining", None, True), "circle": ("all-pairs", 0.4, True),
+    "supcon": ("all-pairs", None, True), "proxy-anchor": ("random", 0.1, False),
+    "arcface": ("random", 0.5, False), "cosface": ("random", 0.35, False)}
+
+
+def test_the_studys_variants_keep_their_names_and_settings():
+    assert list(variants.VARIANTS)[:9] == [
+        "softmax", "contrastive", "bce", "triplet", "vae", "contrastive-hard-negative",
+        "triplet-batch-all", "triplet-batch-hard", "triplet-semi-hard"]
+    for name in list(variants.VARIANTS)[:9]:
+        variant = variants.VARIANTS[name]
+        config = TrainConfig(loss=variant.loss, mining=variant.mining)
+        assert (config.margin, config.normalize, config.sub_centers) == (1.0, False, 1)
+    assert TrainConfig(loss="triplet").mining == "random"
+
+
+@pytest.mark.parametrize("loss", NEW_LOSSES)
+def test_each_new_loss_trains_with_no_other_option(loss):
+    """``--loss X`` alone: the loss's own mining, margin and unit vectors, its streams."""
+    mining, margin, pk = NEW_LOSSES[loss]
+    config = TrainConfig(loss=loss)
+    assert (config.mining, config.margin, config.normalize) == (mining, margin, True)
+    assert config.variant == loss and config.name == f"{loss}_mnist"
+    assert config.online is pk
+    assert config.training_batch_size == (config.classes_per_batch * config.images_per_class
+                                          if pk else config.batch_size)
+    assert variants.variant_of(loss) is variants.VARIANTS[loss]
+    # The margin can be changed where the loss has one.
+    if margin is not None:
+        assert TrainConfig(loss=loss, margin=0.2).margin == 0.2
+
+
+def test_multi_similarity_also_trains_on_all_pairs():
+    config = TrainConfig(loss="multi-similarity", mining="all-pairs")
+    assert config.variant == "multi-similarity-all-pairs" and config.online
+
+
+def test_normalize_is_recorded_and_old_runs_without_it_are_not_normalised():
+    import json
+
+    config = TrainConfig(loss="contrastive", normalize=True)
+    assert TrainConfig.from_json(config.to_json(), "config.json")[0].normalize is True
+    old = json.loads(TrainConfig(loss="contrastive").to_json())
+    del old["normalize"], old["sub_centers"]  # written before these settings existed
+    restored = TrainConfig.from_json(json.dumps(old), "config.json")[0]
+    assert restored.normalize is False and restored == TrainConfig(loss="contrastive")
+
+
+@pytest.mark.parametrize("loss,normalize", [("contrastive", False), ("supcon", True),
+                                            ("arcface", True), ("triplet", True)])
+def test_the_embedding_net_is_normalised_as_configured(loss, normalize):
+    config = TrainConfig(loss=loss, normalize=normalize, embedding_dim=3)
+    net = variants.NetSpec((28, 28, 1), 0.0, 1.0, 10)
+    model = config.model_variant.build(config, net)[0]
+    embedding = models.embedding_of(model)
+    assert (embedding.layers[-1].name == "unit_normalize") is normalize
+    e = models.embed_images(embedding, np.random.default_rng(0).uniform(0, 255, (5, 28, 28, 1)))
+    assert e.shape == (5, 3)
+    if normalize:
+        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+
+
+def test_sub_centres_reach_the_head():
+    config = TrainConfig(loss="arcface", sub_centers=3)
+    model = config.model_variant.build(config, variants.NetSpec((28, 28, 1), 0.0, 1.0, 10))[0]
+    head = model.get_layer("proxies")
+    assert (head.sub_centers, head.lr_multiplier) == (3, 1.0)
+    assert head.proxies.shape == (10, 3, 2)
+    proxy_anchor = TrainConfig(loss="proxy-anchor")
+    model = proxy_anchor.model_variant.build(proxy_anchor,
+                                             variants.NetSpec((28, 28, 1), 0.0, 1.0, 10))[0]
+    assert model.get_layer("proxies").lr_multiplier == variants.PROXY_LR_MULTIPLIER == 100.0
