@@ -81,7 +81,7 @@ def forward_multiply_adds(network) -> int:
     return total
 
 
-def _setup(variant: str, data):
+def _setup(variant: str, data, precision: str = "float32"):
     """The model and training stream exactly as ``siamese-keras train`` builds them."""
     import keras
     import tensorflow as tf
@@ -92,7 +92,8 @@ def _setup(variant: str, data):
     from keras_siamese.variants import VARIANTS, NetSpec
 
     keras.backend.clear_session()
-    config = TrainConfig(loss=VARIANTS[variant].loss, mining=VARIANTS[variant].mining)
+    config = TrainConfig(loss=VARIANTS[variant].loss, mining=VARIANTS[variant].mining,
+                         precision=precision)
     sets = evaluation_sets(data, (), None, config.seed)
     x = sets.seen.train_images
     keras.utils.set_random_seed(config.seed)
@@ -106,10 +107,11 @@ def _setup(variant: str, data):
     return config, embedding, model, train, batch
 
 
-def training_speed(loss: str, data, steps: int, warmup: int = 20, windows: int = 3) -> dict:
+def training_speed(loss: str, data, steps: int, warmup: int = 20, windows: int = 3,
+                   precision: str = "float32") -> dict:
     """Examples/s of the best of ``windows`` timed windows of ``steps // windows`` steps:
     the best, because other tenants of a shared machine only ever slow a window down."""
-    config, embedding, model, train, batch = _setup(loss, data)
+    config, embedding, model, train, batch = _setup(loss, data, precision)
     model.fit(train, epochs=1, steps_per_epoch=warmup, verbose=0)  # traces the step
     window = max(1, steps // windows)
     seconds = float("inf")

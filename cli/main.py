@@ -179,10 +179,11 @@ def evaluate(run_folder, as_json, changed_data):
 
 @app.command()
 @click.option("--losses", callback=_choices(variants.VARIANTS),
-              default=",".join(variants.losses()),
+              default=",".join(variants.STUDY),
               show_default=True,
               help="Comma-separated losses, or losses with online mining such as "
-                   "triplet-batch-hard (columns of the grid). All: " + ",".join(variants.VARIANTS))
+                   "triplet-batch-hard (columns of the grid); the default is the study's "
+                   "models. All: " + ",".join(variants.VARIANTS))
 @click.option("--datasets", callback=_choices(DATASETS), default=",".join(DATASETS),
               show_default=True, help="Comma-separated datasets (rows of the grid).")
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True,

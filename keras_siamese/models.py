@@ -111,7 +111,8 @@ def embedding_net(input_shape=(28, 28, 1), embedding_dim: int = 2, mean=0.0, std
     embedding = keras.layers.Dense(embedding_dim, name="fc_embedding", dtype=OUTPUT_DTYPE)(
         _trunk(image, mean, std, backbone))
     if normalize:
-        embedding = keras.layers.UnitNormalization(name="unit_normalize")(embedding)
+        embedding = keras.layers.UnitNormalization(name="unit_normalize",
+                                                   dtype=OUTPUT_DTYPE)(embedding)
     return keras.Model(image, embedding, name="embedding")
 
 

@@ -185,7 +185,8 @@ def _class_proxies(loss, lr_multiplier: float = 1.0):
     dataset: a class left out with ``--holdout-classes`` keeps one that only ever meets
     negatives (Proxy-Anchor's mean over all proxies counts it)."""
     def build(config, net):
-        head = ClassProxies(net.num_classes, config.sub_centers, lr_multiplier, name="proxies")
+        head = ClassProxies(net.num_classes, config.sub_centers, lr_multiplier, name="proxies",
+                            dtype=models.OUTPUT_DTYPE)
         return (models.proxy_model(net.embedding_net(config), head), loss(config),
                 ["sparse_categorical_accuracy"])
     return build
@@ -307,6 +308,8 @@ def _index(table) -> dict[str, Variant]:
 
 
 VARIANTS: dict[str, Variant] = _index(_TABLE)
+# The original study's models: the grid that ``reproduce`` trains unless told otherwise.
+STUDY = ("softmax", "contrastive", "bce", "triplet", "vae")
 
 
 def losses() -> tuple[str, ...]:

@@ -49,7 +49,8 @@ def test_loss_and_mining_choices_come_from_the_table():
     assert tuple(_option("loss").type.choices) == variants.losses()
     assert set(_option("mining").type.choices) == {v.mining for v in variants.VARIANTS.values()}
     assert list(app.commands["reproduce"].params[0].default.split(",")) == \
-        list(variants.losses())
+        list(variants.STUDY)
+    assert set(variants.STUDY) <= set(variants.losses())
     for name, variant in variants.VARIANTS.items():
         config = TrainConfig(loss=variant.loss, mining=variant.mining)
         assert config.variant == name and config.model_variant is variant
