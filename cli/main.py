@@ -17,7 +17,7 @@ import click
 
 from keras_siamese import variants
 from keras_siamese.cli import serve, use
-from keras_siamese.config import DATASETS, TrainConfig
+from keras_siamese.config import DATASETS, PRECISIONS, TrainConfig
 from keras_siamese.errors import Interrupted, SiameseError
 
 PROG = "siamese-keras"
@@ -196,6 +196,12 @@ def evaluate(run_folder, as_json, changed_data):
                    "over the seeds; instead of --seed.")
 @click.option("--limit", type=int, default=None,
               help="Train every run on a class-balanced subset of N images (quick grids).")
+@click.option("--embedding-dim", type=int, default=TrainConfig.embedding_dim,
+              show_default=True, help="Embedding size of every run (a fair comparison: one "
+              "backbone, embedding size, batch, epochs and seed for every loss; give each "
+              "size its own --output-dir).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision,
+              show_default=True, help="Arithmetic of every run (see train --precision).")
 @click.option("--output-dir", type=click.Path(), default="output/reproduce", show_default=True,
               help="Folder of the grid's run folders and its results page.")
 @click.option("--log-dir", type=click.Path(), default="logs/reproduce", show_default=True,
@@ -205,8 +211,8 @@ def evaluate(run_folder, as_json, changed_data):
 @click.option("--overwrite", is_flag=True,
               help="Retrain every run, even those an earlier grid finished.")
 @click.pass_context
-def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, output_dir, log_dir, data_dir,
-              overwrite):
+def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, precision,
+              output_dir, log_dir, data_dir, overwrite):
     """Train the study's grid (every loss on every dataset) and write its results page.
 
     Writes OUTPUT_DIR/results.md, results.png (the embedding plots with P@1, MAP@R and
@@ -222,13 +228,17 @@ def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, output_dir, log
         raise click.UsageError("give --seed (one run per cell) or --seeds (several), not both")
     seeds = seeds or (seed,)
     configs = grid_configs(losses, datasets, seeds, epochs=epochs, limit=limit,
+                           embedding_dim=embedding_dim, precision=precision,
                            output_dir=output_dir, log_dir=log_dir, data_dir=data_dir,
                            overwrite=overwrite)
     # One seed keeps the command as it always read; several name them all.
     seed_option = (f"--seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else
                    f"--seed {seeds[0]}")
     command = (f"{PROG} reproduce --losses {','.join(losses)} --datasets {','.join(datasets)} "
-               f"--epochs {epochs} {seed_option}" + (f" --limit {limit}" if limit else ""))
+               f"--epochs {epochs} {seed_option}" + (f" --limit {limit}" if limit else "")
+               + (f" --embedding-dim {embedding_dim}"
+                  if embedding_dim != TrainConfig.embedding_dim else "")
+               + (f" --precision {precision}" if precision != TrainConfig.precision else ""))
     cells = run_grid(configs, output_dir, command, echo=click.echo)
     for cell in cells:
         click.echo(f"{cell.dataset:<14} {cell.loss:<12} P@1 {cell.text('precision_at_1', 4)}  "
