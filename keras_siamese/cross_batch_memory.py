@@ -134,10 +134,10 @@ class CrossBatchMemory(keras.layers.Layer):
 
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings, labels)`` of the filled slots, oldest first (NumPy)."""
-        count = int(np.asarray(self.count))
+        count = int(self.count.numpy())
         order = np.arange(count) if count <= self.size else \
             (count + np.arange(self.size)) % self.size
-        return np.asarray(self.embeddings)[order], np.asarray(self.labels)[order]
+        return self.embeddings.numpy()[order], self.labels.numpy()[order]
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "warmup": self.warmup}
