@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from keras_siamese.callbacks import COLLAPSE_EPOCHS, COLLAPSE_FRACTION
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.outputs import is_inside
 from keras_siamese.variants import VARIANTS, losses, mining_rules, variant_of
@@ -119,8 +120,9 @@ class TrainConfig:
                             choices=BACKBONES)
     stop_on_collapse: bool = setting(
         True, "Stop training (exit 1, the run folder kept) when the embeddings collapse: "
-        "their spread stays below 5% of its value before training for 2 epochs in a row "
-        "(the spread and the pair distances are logged every epoch).", switch=True)
+        f"their spread stays below {COLLAPSE_FRACTION:.0%} of its value before training for "
+        f"{COLLAPSE_EPOCHS} epochs in a row (the spread and the pair distances are logged "
+        "every epoch).", switch=True)
     strategy: str = setting("default", "tf.distribute: mirrored: this machine's GPUs "
                             "(--batch-size is the global batch); multi-worker: one process "
                             "per machine, each with its TF_CONFIG (see the README); only the "

@@ -3,6 +3,7 @@ across a resume), and real MNIST runs: batch-hard in its documented collapsing s
 stopped with one line and a kept run folder, Hermans et al.'s setting trains on."""
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -178,3 +179,18 @@ def test_a_healthy_batch_hard_run_is_not_stopped(tmp_path):
     assert len(rows) == 3 and set(COLUMNS) <= set(rows[0])
     assert min(float(row["val_spread_ratio"]) for row in rows) > 2 * COLLAPSE_FRACTION
     assert (run / "model.keras").is_file() and not (run / "checkpoints").exists()
+
+
+def test_a_grid_keeps_runs_finished_before_it_switched_the_stop_off(tmp_path):
+    """A finished run never stopped for collapse, so ``reproduce`` (which trains on
+    through a collapse) reuses one trained with the stop on."""
+    from keras_siamese import reproduce, run_folder
+
+    (config,) = reproduce.grid_configs(["contrastive"], ["mnist"], output_dir=str(tmp_path))
+    assert not config.stop_on_collapse
+    config.run_dir.mkdir()
+    run_folder.write_config(config.run_dir, dataclasses.replace(config, stop_on_collapse=True),
+                            {})
+    run_folder.write_metrics(config.run_dir / "metrics.json", {"precision_at_1": 0.5})
+    assert run_folder.finished_metrics(config) == {"precision_at_1": 0.5}
+    assert run_folder.finished_metrics(dataclasses.replace(config, margin=2.0)) is None
