@@ -78,8 +78,10 @@ def embedding_statistics(embeddings, labels) -> dict[str, float]:
 
     Example: two classes, each a vertical pair 2 apart, the classes 4 apart:
     >>> e = np.array([[0.0, 0.0], [0.0, 2.0], [4.0, 0.0], [4.0, 2.0]])
-    >>> {k: round(v, 4) for k, v in embedding_statistics(e, [0, 0, 1, 1]).items()}
-    {'positive_distance': 2.0, 'negative_distance': 4.2361, 'distance_gap': 2.2361, 'spread': 2.2361}
+    >>> stats = embedding_statistics(e, [0, 0, 1, 1])
+    >>> [(name, round(value, 4)) for name, value in stats.items()]  # doctest: +NORMALIZE_WHITESPACE
+    [('positive_distance', 2.0), ('negative_distance', 4.2361), ('distance_gap', 2.2361),
+     ('spread', 2.2361)]
     """
     e = np.asarray(embeddings, np.float64)
     labels = np.asarray(labels).reshape(-1)

@@ -11,11 +11,12 @@ It trains the variant chosen by ``config.loss`` and ``config.mining``
 (:mod:`keras_siamese.checkpoint`). Every epoch the collapse monitor
 (:class:`callbacks.CollapseMonitor`) logs the spread and pair distances of fixed test
 embeddings and stops a run whose embeddings collapsed: exit 1 with the records up to
-that epoch and its checkpoint kept, no ``model.keras``. TensorBoard scalars go to ``<log_dir>/<run name>/train``
-and ``/validation``, the embedding metrics (:mod:`keras_siamese.evaluation`) to
-``/metrics``, projector data to ``/projector`` (:mod:`keras_siamese.projector`). With
-``--strategy`` the model trains under a ``tf.distribute`` strategy and only the chief
-writes any of this (:mod:`keras_siamese.distribute`).
+that epoch and its checkpoint kept, no ``model.keras``. TensorBoard scalars go to
+``<log_dir>/<run name>/train`` and ``/validation``, the embedding metrics
+(:mod:`keras_siamese.evaluation`) to ``/metrics``, projector data to ``/projector``
+(:mod:`keras_siamese.projector`). With ``--strategy`` the model trains under a
+``tf.distribute`` strategy and only the chief writes any of this
+(:mod:`keras_siamese.distribute`).
 
 One run, step by step (:func:`_train`): read the data its settings name
 (:func:`run_folder.load_run_data`) -> split it into seen / unseen classes
