@@ -30,8 +30,8 @@ if os.path.basename(sys.argv[0]) == "siamese-keras":
 from keras_siamese.native_logs import quiet_native_startup
 
 with quiet_native_startup():  # TensorFlow's start-up INFO lines, see native_logs
-    # Importing them registers their serialisable layers and losses.
-    from keras_siamese import layers, losses, pair_losses, proxy_losses  # noqa: F401
+    from keras_siamese import (  # noqa: F401  (registers serialisable classes)
+        cross_batch_memory, layers, losses, pair_losses, proxy_losses)
     import tensorflow as _tf
 
     _tf.config.list_physical_devices("GPU")  # looks for a GPU now: a CPU-only machine logs here

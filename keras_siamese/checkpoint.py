@@ -1,11 +1,14 @@
 """Per-epoch checkpoints, resuming an interrupted run, and stopping on a non-finite loss.
 
 After every epoch the whole model (weights, optimiser state with its step count, hence
-the learning-rate schedule's position) is written atomically to
-``checkpoints/epoch_NNN.keras`` and the previous checkpoint removed. The epoch number in
-the file name is the only state besides the run's ``config.json``: the training streams
-re-sample epoch ``e`` from the stateless seed ``(seed, e)`` (:mod:`keras_siamese.streams`),
-so a resumed run sees exactly the examples an uninterrupted one would.
+the learning-rate schedule's position, and a cross-batch memory's entries, which are
+weights of the model) is written atomically to ``checkpoints/epoch_NNN.keras`` and the
+previous checkpoint removed. The epoch number in the file name is the only state besides
+the run's ``config.json`` (and the collapse monitor's spread before training,
+``checkpoints/collapse_monitor.json``, written once before the first epoch): the
+training streams re-sample epoch ``e`` from the stateless seed ``(seed, e)``
+(:mod:`keras_siamese.streams`), so a resumed run sees exactly the examples an
+uninterrupted one would.
 
 The checkpoint callback runs after every other callback, so a checkpoint for epoch ``e``
 means that the records of epoch ``e`` (history row, frame, stored embeddings, projector

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from keras_siamese import precision
+from keras_siamese.callbacks import COLLAPSE_EPOCHS, COLLAPSE_FRACTION
 from keras_siamese.errors import ConfigError, DataError
 from keras_siamese.outputs import is_inside
 from keras_siamese.variants import VARIANTS, default_mining, losses, mining_rules, variant_of
@@ -31,6 +32,7 @@ MAX_GIF_FRAME_MS = 655350  # GIF stores frame durations as 16-bit centiseconds
 MAX_SEED = 2**32 - 1  # numpy's and keras.utils.set_random_seed's limit
 MAX_NAME_BYTES = 200  # run folder names; file systems allow 255 bytes, staging adds some
 MAX_SUB_CENTERS = 64
+MAX_MEMORY = 100_000  # cross-batch memory slots: more than any built-in training split
 
 
 def setting(default, help: str, **cli):
@@ -126,6 +128,13 @@ class TrainConfig:
         1, "K vectors per class for " + _losses_where(lambda v: v.sub_centers)
         + " (sub-center ArcFace, Deng et al. 2020): an image's cosine to a class is that to "
         "the nearest of them.")
+    memory: int = setting(0, "Cross-batch memory (XBM, Wang et al. 2020) for online mining: "
+                          "also mine each batch against the last N training embeddings and "
+                          "labels (kept in the model, so checkpoints and --resume carry it); "
+                          "0: off.")
+    memory_warmup: int = setting(1000, "Training steps before the cross-batch memory takes "
+                                 "its first entries (the paper starts it after 1k "
+                                 "iterations): early embeddings drift fast.")
     image_size: int | None = setting(
         None, "Read images at N x N pixels.", default_text="MNIST-like data keeps 28 x 28; "
         "other data keeps its size if all images share one up to 64 x 64, else 64 x 64")
@@ -135,6 +144,11 @@ class TrainConfig:
     backbone: str = setting("small", "small: the study's 2-conv network; resnet: a small "
                             "ResNet (6 residual blocks, batch norm) for larger colour images.",
                             choices=BACKBONES)
+    stop_on_collapse: bool = setting(
+        True, "Stop training (exit 1, the run folder kept) when the embeddings collapse: "
+        f"their spread stays below {COLLAPSE_FRACTION:.0%} of its value before training for "
+        f"{COLLAPSE_EPOCHS} epochs in a row (the spread and the pair distances are logged "
+        "every epoch).", switch=True)
     strategy: str = setting("default", "tf.distribute: mirrored: this machine's GPUs "
                             "(--batch-size is the global batch); multi-worker: one process "
                             "per machine, each with its TF_CONFIG (see the README); only the "
@@ -185,6 +199,27 @@ class TrainConfig:
                               f"{self.classes_per_batch} and {self.images_per_class}")
         if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
             raise ConfigError(f"--image-size must be <= {MAX_IMAGE_SIZE}, got {self.image_size}")
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """``--memory``: a count in range, for a variant that mines against it, on one
+        device (its data-dependent limits are the variant's check)."""
+        if self.memory < 0:
+            raise ConfigError(f"--memory must be >= 0 (0: off), got {self.memory}")
+        if self.memory > MAX_MEMORY:
+            raise ConfigError(f"--memory must be <= {MAX_MEMORY}, got {self.memory}")
+        if self.memory_warmup < 0:
+            raise ConfigError(f"--memory-warmup must be >= 0, got {self.memory_warmup}")
+        if not self.memory:
+            return
+        if not self.model_variant.memory:
+            usable = ", ".join(v.name for v in VARIANTS.values() if v.memory)
+            raise ConfigError(f"--memory applies only to online mining of pairs or triplets "
+                              f"({usable}), not to --loss {self.loss} --mining "
+                              f"{self.mining}: drop --memory or train one of those")
+        if self.strategy != "default":
+            raise ConfigError(f"--memory keeps one memory on one device: it does not work "
+                              f"with --strategy {self.strategy}")
 
     def _fill(self, name: str, value) -> None:
         """Set a field the user left to the loss (frozen: only while checking)."""

@@ -35,6 +35,15 @@ class OutOfMemoryError(SiameseError):
     """Training needed more memory than the device has (too large a batch or images)."""
 
 
+class CollapseError(SiameseError):
+    """The embeddings collapsed into (nearly) one point and training stopped after
+    ``epoch`` (see ``callbacks.CollapseMonitor``); a runtime failure, exit code 1."""
+
+    def __init__(self, message: str, epoch: int = 0):
+        super().__init__(message)
+        self.epoch = epoch
+
+
 class Interrupted(SiameseError):
     """Training was stopped by the user (Ctrl-C); finished epochs are checkpointed."""
 

@@ -8,11 +8,15 @@ It trains the variant chosen by ``config.loss`` and ``config.mining``
 ``latent_embeddings.npz``, see :mod:`keras_siamese.latent`) and the variant's own figures
 (the VAE's ``manifold.png`` and ``reconstructions.png``). While it trains,
 ``checkpoints/`` holds the last finished epoch, so an interrupted run can resume
-(:mod:`keras_siamese.checkpoint`). TensorBoard scalars go to ``<log_dir>/<run name>/train``
-and ``/validation``, the embedding metrics (:mod:`keras_siamese.evaluation`) to
-``/metrics``, projector data to ``/projector`` (:mod:`keras_siamese.projector`). With
-``--strategy`` the model trains under a ``tf.distribute`` strategy and only the chief
-writes any of this (:mod:`keras_siamese.distribute`).
+(:mod:`keras_siamese.checkpoint`). Every epoch the collapse monitor
+(:class:`callbacks.CollapseMonitor`) logs the spread and pair distances of fixed test
+embeddings and stops a run whose embeddings collapsed: exit 1 with the records up to
+that epoch and its checkpoint kept, no ``model.keras``. TensorBoard scalars go to
+``<log_dir>/<run name>/train`` and ``/validation``, the embedding metrics
+(:mod:`keras_siamese.evaluation`) to ``/metrics``, projector data to ``/projector``
+(:mod:`keras_siamese.projector`). With ``--strategy`` the model trains under a
+``tf.distribute`` strategy and only the chief writes any of this
+(:mod:`keras_siamese.distribute`).
 
 One run, step by step (:func:`_train`): read the data its settings name
 (:func:`run_folder.load_run_data`) -> split it into seen / unseen classes
@@ -39,11 +43,11 @@ import tensorflow as tf
 from keras_siamese import (checkpoint, distribute, export, latent, memory, models, precision,
                            projector, streams)
 from keras_siamese import run_folder
-from keras_siamese.callbacks import HistoryCSV
+from keras_siamese.callbacks import CollapseMonitor, HistoryCSV, monitor_sample
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import fingerprint as data_fingerprint
-from keras_siamese.errors import (ConfigError, DataError, Interrupted, OutOfMemoryError,
-                                  OutputError, SiameseError)
+from keras_siamese.errors import (CollapseError, ConfigError, DataError, Interrupted,
+                                  OutOfMemoryError, OutputError, SiameseError)
 from keras_siamese.evaluation import EvaluationLog, evaluate, log_scalars
 from keras_siamese.outputs import (atomic_path, check_run_folders, create_run_folders,
                                    replace_folder)
@@ -86,11 +90,17 @@ def training_streams(config: TrainConfig, seen: Split, start_epoch: int):
 
 def _callbacks(config: TrainConfig, embedding, shown: latent.FrameImages,
                sets: EvaluationSets, metrics_writer, start_epoch: int) -> list:
-    """Records written while training: history, TensorBoard scalars, frames, projector,
-    metrics every ``--eval-every`` epochs; a resumed run keeps those of epochs up to
-    ``start_epoch``. The NaN guard comes before, the checkpoint after all of them."""
+    """Records written while training: the collapse monitor's statistics (it stops a
+    collapsed run), history, TensorBoard scalars, frames, projector, metrics every
+    ``--eval-every`` epochs; a resumed run keeps those of epochs up to ``start_epoch``.
+    The NaN guard comes before, the checkpoint after all of them."""
     run_dir = config.run_dir
+    images, labels = monitor_sample(sets.seen.test_images, sets.seen.test_labels)
     callbacks = [checkpoint.StopOnNonFiniteLoss(run_dir),
+                 CollapseMonitor(embedding, images, labels, run_dir,
+                                 config.model_variant.collapse_hint, config.stop_on_collapse,
+                                 resume_after=start_epoch,
+                                 history_path=run_dir / run_folder.HISTORY),
                  HistoryCSV(run_dir / run_folder.HISTORY, resume_after=start_epoch),
                  keras.callbacks.TensorBoard(str(config.tensorboard_dir), write_graph=False)]
     if config.eval_every:
@@ -220,6 +230,11 @@ def _explained(error: BaseException, config: TrainConfig, replacing: bool, kept:
             return Interrupted(f"interrupted after epoch {found[0]} of {config.epochs}; "
                                f"continue with: siamese-keras train --resume {config.run_dir}")
         return Interrupted("interrupted" + (f"; {outcome}" if outcome else ""))
+    if isinstance(error, CollapseError) and found and created and not replacing:
+        kept = ["config.json", "history.csv"] + (["the latent frames"] if config.frames else [])
+        return CollapseError(f"{error}; {config.run_dir} keeps {', '.join(kept)} and the epoch "
+                             f"{found[0]} checkpoint (no model.keras): train again with "
+                             "--overwrite", error.epoch)
     if isinstance(error, checkpoint.NonFiniteLossError):
         if found:
             return error  # its message names the checkpoint that is kept
@@ -309,6 +324,9 @@ def _fit(config: TrainConfig, model: keras.Model, data_streams, start_epoch: int
         if explained is None:
             raise
         raise explained from error
+    for callback in callbacks:  # stopped by the collapse monitor: the epoch's records are out
+        if isinstance(callback, CollapseMonitor) and callback.collapse is not None:
+            raise callback.collapse
     trained = config.epochs - start_epoch
     return (time.perf_counter() - started) / trained if trained else None
 

@@ -101,11 +101,12 @@ class TripletLoss(keras.losses.Loss):
         return {**super().get_config(), "margin": self.margin}
 
 
-def online_triplet_loss(labels, embeddings, margin: float = 1.0, mining_rule="batch-hard"):
+def online_triplet_loss(labels, embeddings, margin: float = 1.0, mining_rule="batch-hard",
+                        references=None):
     """Triplet loss over the triplets of one batch that ``mining_rule`` selects.
 
-    With ``d2`` the squared distances of the batch's embeddings and ``S`` the selected
-    triplets (:mod:`keras_siamese.mining`),
+    With ``d2`` the squared distances of the batch's embeddings (the anchors) to its
+    references and ``S`` the selected triplets (:mod:`keras_siamese.mining`),
 
     ``l(a, p, n) = max(0, d2(a, p) - d2(a, n) + margin)``
     ``L = mean of l over S``, except for ``batch-all``: ``L = mean of l over the triplets of
@@ -117,12 +118,22 @@ def online_triplet_loss(labels, embeddings, margin: float = 1.0, mining_rule="ba
         embeddings: (B, D).
         margin: as in :func:`triplet_loss` (squared units).
         mining_rule: one of ``mining.TRIPLET_MINERS``.
+        references: a ``mining.References`` to take positives and negatives from (the
+            batch and a cross-batch memory, :mod:`keras_siamese.cross_batch_memory`);
+            None: the batch itself.
 
     Returns:
         The batch's loss, a scalar.
+
+    Example: anchors 0 and 1 (class 0) with negative 2 cost max(0, 1 - 9 + 4) = 0 and
+    max(0, 1 - 4 + 4) = 1; anchor 2 has no positive:
+    >>> float(online_triplet_loss([0, 0, 1], [[0.0], [1.0], [3.0]], 4.0, "batch-hard"))
+    0.5
     """
-    d2 = mining.squared_distances(embeddings)
-    selected = mining.TRIPLET_MINERS[mining_rule](tf.reshape(labels, (-1,)), d2)
+    refs = references if references is not None else mining.references(embeddings, labels)
+    d2 = mining.reference_distances(embeddings, refs)
+    selected = mining.TRIPLET_MINERS[mining_rule](tf.reshape(labels, (-1,)), d2, refs.labels,
+                                                  refs.valid)
     losses = tf.maximum(d2[:, :, None] - d2[:, None, :] + margin, 0.0)
     if mining_rule == "batch-all":
         selected = selected & (losses > 0.0)
@@ -130,7 +141,7 @@ def online_triplet_loss(labels, embeddings, margin: float = 1.0, mining_rule="ba
     return tf.math.divide_no_nan(tf.reduce_sum(tf.where(selected, losses, 0.0)), count)
 
 
-def online_contrastive_loss(labels, embeddings, margin: float = 1.0):
+def online_contrastive_loss(labels, embeddings, margin: float = 1.0, references=None):
     """Contrastive loss over every positive pair of a batch and as many of its nearest
     negative pairs (``mining.hard_negative_pairs``):
 
@@ -145,12 +156,16 @@ def online_contrastive_loss(labels, embeddings, margin: float = 1.0):
         labels: (B,) or (B, 1) class labels of the batch.
         embeddings: (B, D).
         margin: as in :func:`contrastive_loss`.
+        references: a ``mining.References`` to pair the batch with (the batch and a
+            cross-batch memory); None: the batch itself.
 
     Returns:
         The batch's loss, a scalar.
     """
-    d2 = mining.squared_distances(embeddings)
-    positive, negative = mining.hard_negative_pairs(tf.reshape(labels, (-1,)), d2)
+    refs = references if references is not None else mining.references(embeddings, labels)
+    d2 = mining.reference_distances(embeddings, refs)
+    positive, negative = mining.hard_negative_pairs(tf.reshape(labels, (-1,)), d2, refs.labels,
+                                                    refs.valid)
     d = tf.sqrt(tf.maximum(d2, EPSILON))
     # y is 0 or 1, so each pair's term is exactly its pull or its push.
     pairs = tf.reshape(contrastive_loss(tf.cast(positive, tf.float32), d, margin), tf.shape(d))
@@ -171,7 +186,11 @@ def _per_example(batch_loss, embeddings):
 class _BatchLoss(keras.losses.Loss):
     """A loss that is one mean over the pairs or triplets mined from the WHOLE batch, not a
     mean of per-example losses: it refuses a ``reduction`` other than the mean and any
-    ``sample_weight``, which would scale or weight copies of one number, not examples."""
+    ``sample_weight``, which would scale or weight copies of one number, not examples.
+
+    Subclasses implement :meth:`batch_loss`, which can also mine against references
+    beyond the batch: that is how a cross-batch memory
+    (:mod:`keras_siamese.cross_batch_memory`) trains with any of them."""
 
     _over = "pairs or triplets"
 
@@ -191,6 +210,14 @@ class _BatchLoss(keras.losses.Loss):
                 "loss per example to weight")
         return super().__call__(y_true, y_pred)
 
+    def call(self, y_true, y_pred):
+        return _per_example(self.batch_loss(y_true, y_pred), y_pred)
+
+    def batch_loss(self, y_true, y_pred, references=None):
+        """The batch's loss (a scalar): labels ``y_true``, embeddings ``y_pred``, mined
+        against ``references`` (a ``mining.References``; None: the batch itself)."""
+        raise NotImplementedError
+
 
 @keras.saving.register_keras_serializable(package="keras_siamese")
 class OnlineTripletLoss(_BatchLoss):
@@ -208,9 +235,8 @@ class OnlineTripletLoss(_BatchLoss):
         self.margin = margin
         self.mining_rule = mining_rule
 
-    def call(self, y_true, y_pred):
-        return _per_example(online_triplet_loss(y_true, y_pred, self.margin,
-                                                self.mining_rule), y_pred)
+    def batch_loss(self, y_true, y_pred, references=None):
+        return online_triplet_loss(y_true, y_pred, self.margin, self.mining_rule, references)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "mining_rule": self.mining_rule}
@@ -230,8 +256,8 @@ class OnlineContrastiveLoss(_BatchLoss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.margin = margin
 
-    def call(self, y_true, y_pred):
-        return _per_example(online_contrastive_loss(y_true, y_pred, self.margin), y_pred)
+    def batch_loss(self, y_true, y_pred, references=None):
+        return online_contrastive_loss(y_true, y_pred, self.margin, references)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}

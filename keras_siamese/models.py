@@ -15,6 +15,7 @@ import weakref
 import keras
 import numpy as np
 
+from keras_siamese.cross_batch_memory import memory_model
 from keras_siamese.layers import (AbsoluteDifference, EuclideanDistance, GaussianSample,
                                   TripletDistances)
 
@@ -203,9 +204,14 @@ def triplet_model(embedding):
     return keras.Model([anchor, positive, negative], distances, name="triplet")
 
 
-def online_model(embedding):
+def online_model(embedding, memory: int = 0, warmup: int = 0):
     """For online mining: image -> embedding, so a loss sees a whole batch of embeddings
-    (with the labels as ``y_true``) and mines its pairs or triplets."""
+    (with the labels as ``y_true``) and mines its pairs or triplets. With ``memory`` > 0
+    it also mines against the last ``memory`` training embeddings, kept by a layer after
+    the embedding, from training step ``warmup`` on
+    (:mod:`keras_siamese.cross_batch_memory`)."""
+    if memory:
+        return memory_model(embedding, memory, warmup)
     (image,) = _inputs(embedding, "image")
     return keras.Model(image, embedding(image), name="online_embedding")
 

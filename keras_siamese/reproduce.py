@@ -64,7 +64,8 @@ def grid_configs(variants, datasets, seeds=(TrainConfig.seed,), **settings) -> l
     A variant is a loss (``triplet``) or a loss with online mining (``triplet-batch-hard``).
     Seeds are outermost, so an interrupted grid has whole grids of its first seeds. With one
     seed a run folder is ``<variant>_<dataset>`` as ever (an earlier grid's folders are
-    found again); with several, ``<variant>_<dataset>_seed<S>``, so seeds never collide."""
+    found again); with several, ``<variant>_<dataset>_seed<S>``, so seeds never collide.
+    Runs of the grid train on through a collapse (``stop_on_collapse`` off)."""
     seeds = tuple(seeds)
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if not seeds or repeated:
@@ -74,8 +75,11 @@ def grid_configs(variants, datasets, seeds=(TrainConfig.seed,), **settings) -> l
     for seed in seeds:
         for dataset in datasets:
             for variant in variants:
+                # A grid measures every cell: a collapsed one (2-D batch-hard) is a result,
+                # so its runs never stop for collapse (the monitor still logs it).
                 config = TrainConfig(loss=VARIANTS[variant].loss, mining=VARIANTS[variant].mining,
-                                     dataset=dataset, seed=seed, **settings)
+                                     dataset=dataset, seed=seed,
+                                     **{"stop_on_collapse": False, **settings})
                 if len(seeds) > 1:
                     config = dataclasses.replace(config, run_name=f"{config.name}_seed{seed}")
                 configs.append(config)

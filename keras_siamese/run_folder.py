@@ -102,6 +102,8 @@ def finished_metrics(config: TrainConfig) -> dict | None:
         metrics = read_metrics(config.run_dir / METRICS)
     except SiameseError:
         return None
+    # A finished run was never stopped for collapse: that switch did not change it.
+    recorded = dataclasses.replace(recorded, stop_on_collapse=config.stop_on_collapse)
     return metrics if recorded == _as_read(config) else None
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -29,6 +30,7 @@ import keras
 import numpy as np
 
 from keras_siamese import models, streams
+from keras_siamese.errors import ConfigError
 from keras_siamese.losses import (BernoulliReconstructionLoss, ContrastiveLoss, GaussianKLLoss,
                                   OnlineContrastiveLoss, OnlineTripletLoss, TripletLoss)
 from keras_siamese.pair_losses import MultiSimilarityLoss, SupConLoss
@@ -89,6 +91,12 @@ class Variant:
         normalizable: False where ``--normalize`` is refused (the VAE: its embedding is
             the mean of its posterior, which the ELBO needs unconstrained).
         sub_centers: the loss takes ``--sub-centers`` (more than one vector per class).
+        memory: whether ``--memory`` applies: its loss mines against references beyond
+            the batch (``batch_loss(labels, embeddings, references)``, see
+            :mod:`keras_siamese.cross_batch_memory`) and ``build`` passes
+            ``config.memory`` on to :func:`models.online_model`.
+        collapse_hint: the likely cause of collapsed embeddings and a setting that
+            trains, for the line that stops a collapsed run (:mod:`callbacks`).
     """
 
     loss: str
@@ -105,6 +113,8 @@ class Variant:
     unit_vectors: bool = False
     normalizable: bool = True
     sub_centers: bool = False
+    memory: bool = False
+    collapse_hint: str = "try a smaller --learning-rate or a larger --embedding-dim"
 
     @property
     def name(self) -> str:
@@ -146,13 +156,17 @@ def _vae(config, net):
                    "posterior": GaussianKLLoss()}, []
 
 
+def _online_model(config, net):
+    """image -> embedding, with ``--memory`` a cross-batch memory after it."""
+    return models.online_model(net.embedding_net(config), config.memory, config.memory_warmup)
+
+
 def _online_triplet(config, net):
-    return (models.online_model(net.embedding_net(config)),
-            OnlineTripletLoss(config.margin, config.mining), [])
+    return _online_model(config, net), OnlineTripletLoss(config.margin, config.mining), []
 
 
 def _online_contrastive(config, net):
-    return models.online_model(net.embedding_net(config)), OnlineContrastiveLoss(config.margin), []
+    return _online_model(config, net), OnlineContrastiveLoss(config.margin), []
 
 
 def _multi_similarity(config, net):
@@ -216,18 +230,54 @@ def _pk_streams(config, seen, start_epoch):
 # --- checks and figures ----------------------------------------------------------------
 
 
+# A triplet miner's masks hold B x (B + N) x (B + N) elements per step with a memory of N
+# (B = P x K). 2^24 of them cost 80-140 ms a step on 2 cores (about twice the network's
+# own step at B = 128); beyond that mining would dominate training.
+MAX_TRIPLET_MASK = 2**24
+# Hermans et al.'s setting, in which batch-hard mining trains (README, 'Online mining').
+BATCH_HARD_SETTING = "--embedding-dim 64 --classes-per-batch 10 --images-per-class 4"
+
+
 def _check_pk(config, seen) -> None:
     for labels in (seen.train_labels, seen.test_labels):
         streams.check_pk(labels, config.classes_per_batch, config.images_per_class)
+    _check_memory(config, seen)
+
+
+def _check_memory(config, seen) -> None:
+    """``--memory`` at most the training images (more would hold stale copies of the same
+    images); a warning when the warm-up outlasts the run."""
+    if not config.memory:
+        return
+    images = len(seen.train_labels)
+    if config.memory > images:
+        raise ConfigError(f"--memory {config.memory} is more than the {images} training "
+                          f"images: it would hold stale copies of the same images; give at "
+                          f"most {images}")
+    steps = streams.steps_per_epoch(images, config.training_batch_size) * config.epochs
+    if config.memory_warmup >= steps:
+        log.warning("--memory-warmup %d: the run has only %d training steps, so the memory "
+                    "is never used; lower --memory-warmup", config.memory_warmup, steps)
+
+
+def _check_triplets(config, seen) -> None:
+    """A triplet miner's memory within :data:`MAX_TRIPLET_MASK`."""
+    _check_pk(config, seen)
+    batch = config.training_batch_size
+    if config.memory and batch * (batch + config.memory) ** 2 > MAX_TRIPLET_MASK:
+        largest = max(math.isqrt(MAX_TRIPLET_MASK // batch) - batch, 0)
+        raise ConfigError(f"--memory {config.memory}: triplet mining compares each of the "
+                          f"{batch} images of a batch with every pair of batch and memory "
+                          f"entries, at most --memory {largest} with batches of {batch}; "
+                          "--loss contrastive --mining hard-negative takes far more")
 
 
 def _check_batch_hard(config, seen) -> None:
-    _check_pk(config, seen)
+    _check_triplets(config, seen)
     if config.embedding_dim < 16 or config.images_per_class > 4:
         log.warning("batch-hard mining collapsed every embedding into one point in our runs "
                     "below 16-D or with more than 4 images per class; it trains with e.g. "
-                    "--embedding-dim 64 --classes-per-batch 10 --images-per-class 4 "
-                    "(README, 'Online mining')")
+                    f"{BATCH_HARD_SETTING} (README, 'Online mining')")
 
 
 def _vae_figures(model: keras.Model, embedding: keras.Model, data, run_dir: Path) -> None:
@@ -259,13 +309,16 @@ _TABLE = (
             figures=_vae_figures, activations_per_image=2, image_multiple=4,
             normalizable=False),
     Variant("contrastive", "hard-negative", "every positive pair and as many nearest "
-            "negative pairs", _online_contrastive, _pk_streams, check=_check_pk),
+            "negative pairs", _online_contrastive, _pk_streams, check=_check_pk, memory=True),
     Variant("triplet", "batch-all", "every valid triplet with a positive loss",
-            _online_triplet, _pk_streams, check=_check_pk),
+            _online_triplet, _pk_streams, check=_check_triplets, memory=True),
     Variant("triplet", "batch-hard", "per anchor its farthest positive and nearest negative",
-            _online_triplet, _pk_streams, check=_check_batch_hard),
+            _online_triplet, _pk_streams, check=_check_batch_hard, memory=True,
+            collapse_hint="batch-hard mining collapses below 16-D or with more than 4 "
+            f"images per class: it trains with {BATCH_HARD_SETTING} (README, 'Online "
+            "mining')"),
     Variant("triplet", "semi-hard", "per positive pair the nearest negative beyond it",
-            _online_triplet, _pk_streams, check=_check_pk),
+            _online_triplet, _pk_streams, check=_check_triplets, memory=True),
     Variant("multi-similarity", "ms-mining", "Multi-Similarity (Wang et al. 2019) on the "
             "pairs its own mining keeps, P x K batches", _multi_similarity, _pk_streams,
             check=_check_pk, default=True, margin=None, unit_vectors=True),

@@ -60,3 +60,31 @@ def assert_refused(result, code: int, *words) -> str:
     for word in words:
         assert word in lines[0], lines[0]
     return lines[0]
+
+
+def stop_after_first_checkpoint(tmp_path, signal_number, args, name="cut"):
+    """Start ``train`` with ``args``, send it ``signal_number`` as soon as an epoch's
+    checkpoint is on disk; returns the run folder, the exit code and stderr."""
+    import time
+
+    from keras_siamese.checkpoint import HOLD_AFTER_EPOCH
+
+    command = [CLI, "train", *args, "--output-dir", tmp_path / "out", "--log-dir",
+               tmp_path / "logs", "--run-name", name]
+    # The run holds after epoch 1's checkpoint until the signal comes: however slow this
+    # machine is, the signal reaches it between epochs 1 and 2, never after the last one.
+    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "KERAS_SIAMESE_OFFLINE": "1",
+                                    HOLD_AFTER_EPOCH: "1"})
+    checkpoints = tmp_path / "out" / name / "checkpoints"
+    try:
+        while not any(checkpoints.glob("epoch_*.keras")):
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    return tmp_path / "out" / name, process.returncode, stderr

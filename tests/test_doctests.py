@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["keras_siamese.losses", "keras_siamese.pair_losses", "keras_siamese.proxy_losses",
-           "keras_siamese.metrics", "keras_siamese.neighbours", "keras_siamese.calibration"]
+           "keras_siamese.metrics", "keras_siamese.neighbours", "keras_siamese.calibration",
+           "keras_siamese.cross_batch_memory", "keras_siamese.callbacks"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -3,16 +3,12 @@ a non-finite loss stops training and keeps the last good checkpoint."""
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 
-from helpers import CLI, error_lines, run_cli
-from keras_siamese.checkpoint import HOLD_AFTER_EPOCH
+from helpers import error_lines, run_cli, stop_after_first_checkpoint
 
 EPOCHS = 4
 ARGS = ["--loss", "contrastive", "--epochs", str(EPOCHS), "--limit", "2000", "--batch-size",
@@ -27,30 +23,6 @@ def weights(run_dir):
     return [w.numpy() for w in keras.models.load_model(run_dir / "model.keras").weights]
 
 
-def stop_after_first_checkpoint(tmp_path, signal_number, name="cut"):
-    """Start a run, send it ``signal_number`` as soon as an epoch's checkpoint is on disk;
-    returns the run folder, the exit code and stderr."""
-    command = [CLI, "train", *ARGS, "--output-dir", tmp_path / "out", "--log-dir",
-               tmp_path / "logs", "--run-name", name]
-    # The run holds after epoch 1's checkpoint until the signal comes: however slow this
-    # machine is, the signal reaches it between epochs 1 and 2, never after the last one.
-    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "KERAS_SIAMESE_OFFLINE": "1",
-                                    HOLD_AFTER_EPOCH: "1"})
-    checkpoints = tmp_path / "out" / name / "checkpoints"
-    try:
-        while not any(checkpoints.glob("epoch_*.keras")):
-            assert process.poll() is None, "the run ended before its first checkpoint"
-            time.sleep(0.05)
-        process.send_signal(signal_number)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-        process.wait(timeout=60)
-    return tmp_path / "out" / name, process.returncode, stderr
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run and a killed one, same settings."""
@@ -58,7 +30,7 @@ def runs(tmp_path_factory):
     result = run_cli("train", *ARGS, "--output-dir", tmp_path / "out", "--log-dir",
                      tmp_path / "logs", "--run-name", "full")
     assert result.returncode == 0, result.stderr[-3000:]
-    cut, code, _ = stop_after_first_checkpoint(tmp_path, signal.SIGKILL)
+    cut, code, _ = stop_after_first_checkpoint(tmp_path, signal.SIGKILL, ARGS)
     assert code == -signal.SIGKILL
     return tmp_path / "out" / "full", cut
 
@@ -101,6 +73,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(runs, tmp_path):
     full_rows = list(csv.DictReader(open(full / "history.csv")))
     assert [r["epoch"] for r in rows] == [str(e) for e in range(1, EPOCHS + 1)]
     assert [r["loss"] for r in rows] == [r["loss"] for r in full_rows]
+    assert rows == full_rows  # every column: validation and the collapse monitor's too
     with np.load(cut / "latent_embeddings.npz") as stored, \
             np.load(full / "latent_embeddings.npz") as reference:
         assert stored["epochs"].tolist() == list(range(EPOCHS + 1))
@@ -160,7 +133,8 @@ def test_an_exploding_run_stops_with_one_clear_line(tmp_path):
 
 
 def test_ctrl_c_stops_with_the_finished_epochs_saved(tmp_path):
-    run, code, stderr = stop_after_first_checkpoint(tmp_path, signal.SIGINT, name="stopped")
+    run, code, stderr = stop_after_first_checkpoint(tmp_path, signal.SIGINT, ARGS,
+                                                    name="stopped")
     assert code == 130, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.startswith("siamese-keras:")]
     assert len(lines) == 1 and "interrupted after epoch 1 of 4" in lines[0], stderr[-2000:]
