@@ -3,9 +3,9 @@
 ``float32`` is plain single precision. ``bfloat16`` and ``float16`` are Keras' mixed
 precision policies (``mixed_bfloat16``, ``mixed_float16``): every layer keeps its weights
 in float32 and computes in the 16-bit type, which halves the memory traffic and, on
-hardware with 16-bit arithmetic, doubles the multiply rate. On a CPU with AVX512_BF16 the
-study's net trains about 1.5 times faster per CPU second in bfloat16 (measured with
-``benchmarks/train_speed.py``). ``float16`` has too few exponent bits for gradients, so
+hardware with 16-bit arithmetic, doubles the multiply rate (on a CPU with AVX512_BF16,
+``benchmarks/compare_pytorch.py`` measures the gain; the README gives it). ``float16``
+has too few exponent bits for gradients, so
 Keras scales the loss (``LossScaleOptimizer``, added by ``compile``); bfloat16 has
 float32's exponent range and needs no scaling.
 

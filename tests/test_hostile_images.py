@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import struct
-import subprocess
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CLI, assert_refused, file_hashes, run_cli
+from helpers import assert_refused, file_hashes, run_cli, stop_after_first_checkpoint
 from keras_siamese import data, image_folders
 from keras_siamese.errors import DataError
 
@@ -141,24 +139,11 @@ def test_names_that_are_not_utf8_train_and_show_escaped(names_run, names_data):
 def test_a_run_on_names_that_are_not_utf8_resumes(names_data, tmp_path):
     """Ctrl-C after the first epoch, then --resume finishes the run."""
     before = file_hashes(names_data)
-    command = [CLI, "train", "--dataset", names_data, "--epochs", "8", "--frame-images", "30",
-               "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs"]
-    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "KERAS_SIAMESE_OFFLINE": "1"})
-    run = tmp_path / "out" / "contrastive_shop"
-    deadline = time.monotonic() + 300
-    try:
-        while not any((run / "checkpoints").glob("epoch_*.keras")):
-            assert process.poll() is None, process.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-        process.wait(timeout=60)
-    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    # The run holds after epoch 1 until the signal: its 30-image epochs never outrun it.
+    run, code, stderr = stop_after_first_checkpoint(
+        tmp_path, signal.SIGINT, ["--dataset", names_data, "--epochs", "8",
+                                  "--frame-images", "30"], name="contrastive_shop")
+    assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert "siamese-keras: error: interrupted after epoch" in stderr, stderr[-3000:]
     resumed = run_cli("train", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
