@@ -146,7 +146,9 @@ def test_run_names_per_seed_and_refused_seeds(capsys, tmp_path):
         reproduce.grid_configs(["softmax"], ["mnist"], (1, 1))
     out = ["--output-dir", tmp_path / "g", "--log-dir", tmp_path / "l"]
     for args, words in ((["--seeds", "1,1"], "each once"), (["--seeds", "0,x"], "list of seeds"),
-                        (["--seed", 1, "--seeds", "0,1"], "not both")):
+                        (["--seed", 1, "--seeds", "0,1"], "not both"),
+                        (["--precision", "half"], "half"),
+                        (["--embedding-dim", 0], "embedding dimension")):
         code, errors = run_main(capsys, "reproduce", *args, *out)
         assert code == 2 and len(errors) == 1 and words in errors[0], errors
     assert not (tmp_path / "g").exists()
@@ -197,10 +199,14 @@ def test_reproduce_with_two_seeds_reports_intervals(capsys, tmp_path):
     grid = tmp_path / "grid"
     code, errors = run_main(capsys, "reproduce", "--losses", "softmax", "--datasets", "mnist",
                             "--epochs", 1, "--limit", 300, "--seeds", "0,1",
-                            "--output-dir", grid, "--log-dir", tmp_path / "logs")
+                            "--embedding-dim", 3, "--output-dir", grid,
+                            "--log-dir", tmp_path / "logs")
     assert code == 0, errors
     results = json.loads((grid / "results.json").read_text())
-    assert results["command"].endswith("--epochs 1 --seeds 0,1 --limit 300")
+    assert results["command"].endswith("--epochs 1 --seeds 0,1 --limit 300 --embedding-dim 3")
+    for seed in (0, 1):  # the fair-comparison settings reach every run
+        config = json.loads((grid / f"softmax_mnist_seed{seed}" / "config.json").read_text())
+        assert (config["embedding_dim"], config["precision"]) == (3, "float32")
     assert results["seeds"] == [0, 1] and results["interval"] == "student-t 95%"
     assert [(r["seed"], r["run_dir"]) for r in results["rows"]] == [
         (0, str(grid / "softmax_mnist_seed0")), (1, str(grid / "softmax_mnist_seed1"))]
