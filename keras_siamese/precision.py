@@ -5,15 +5,14 @@ precision policies (``mixed_bfloat16``, ``mixed_float16``): every layer keeps it
 in float32 and computes in the 16-bit type, which halves the memory traffic and, on
 hardware with 16-bit arithmetic, doubles the multiply rate (on a CPU with AVX512_BF16,
 ``benchmarks/compare_pytorch.py`` measures the gain; the README gives it). ``float16``
-has too few exponent bits for gradients, so
-Keras scales the loss (``LossScaleOptimizer``, added by ``compile``); bfloat16 has
-float32's exponent range and needs no scaling.
+has too few exponent bits for gradients, so Keras scales the loss (``LossScaleOptimizer``,
+added by ``compile``); bfloat16 has float32's exponent range and needs no scaling.
 
 What stays float32 whatever the policy (see :data:`keras_siamese.models.OUTPUT_DTYPE`): the
-embedding layer and every head after it (distances, the BCE and softmax heads, the VAE's
-posterior and logits), so losses, distances, metrics and the exported model's outputs are
-float32: a 16-bit embedding would keep only 3 significant digits, too coarse to rank
-neighbours.
+embedding layer and everything after it (the unit normalisation, distances, the BCE and
+softmax heads, the class vectors, the cross-batch memory, the VAE's posterior and
+logits), so losses, distances, metrics and the exported model's outputs are float32: a
+16-bit embedding would keep only 3 significant digits, too coarse to rank neighbours.
 
 ``auto`` picks float16 where TensorFlow sees a GPU, bfloat16 on a CPU that has bfloat16
 arithmetic (AVX512_BF16 or AMX), float32 otherwise, and the run records what it picked,
