@@ -16,6 +16,7 @@ import sys
 import click
 
 from keras_siamese import variants
+from keras_siamese.checkpoint import STOP_REQUESTED
 from keras_siamese.cli import serve, use
 from keras_siamese.config import DATASETS, PRECISIONS, TrainConfig
 from keras_siamese.errors import Interrupted, SiameseError
@@ -373,6 +374,7 @@ def _interrupt(signum, frame):
     global _interrupts
     _interrupts += 1
     if _interrupts == 1:
+        STOP_REQUESTED.set()
         raise KeyboardInterrupt
     if _interrupts >= 3:
         click.echo(f"{PROG}: interrupted again: stopping without cleaning up", err=True)

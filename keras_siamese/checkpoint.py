@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -34,6 +35,11 @@ CHECKPOINT_DIR = "checkpoints"
 # variable set to N, a run waits for a signal once epoch N's checkpoint is on disk.
 HOLD_AFTER_EPOCH = "KERAS_SIAMESE_HOLD_AFTER_EPOCH"
 _NAME = re.compile(r"epoch_(\d{3,})\.keras")
+# Set by the command line's Ctrl-C / SIGTERM handler, whose KeyboardInterrupt can be lost:
+# raised while Python runs a finaliser (a ``__del__``, a weakref callback, often during the
+# garbage collection a checkpoint's save sets off), it is printed as "Exception ignored"
+# and training would go on. The checkpoint callback raises it again at the next step.
+STOP_REQUESTED = threading.Event()
 
 
 class NonFiniteLossError(SiameseError):
@@ -82,6 +88,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.run_dir = Path(run_dir)
 
+    def on_train_batch_end(self, batch, logs=None):
+        if STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt
+
     def on_epoch_end(self, epoch, logs=None):
         path = checkpoint_path(self.run_dir, epoch + 1)
         try:
@@ -95,8 +105,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
             if older != path:
                 older.unlink()
         if os.environ.get(HOLD_AFTER_EPOCH) == str(epoch + 1):
-            while True:  # until a signal ends the run (Ctrl-C and SIGTERM raise here)
-                time.sleep(60)
+            while not STOP_REQUESTED.is_set():  # until Ctrl-C or SIGTERM
+                time.sleep(0.05)
+            raise KeyboardInterrupt
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

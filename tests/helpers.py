@@ -83,7 +83,7 @@ def stop_after_first_checkpoint(tmp_path, signal_number, args, name="cut"):
             assert process.poll() is None, "the run ended before its first checkpoint"
             time.sleep(0.05)
         process.send_signal(signal_number)
-        _, stderr = process.communicate(timeout=600)  # a busy machine: minutes, not a hang
+        _, stderr = process.communicate(timeout=120)  # a busy machine: seconds, not a hang
     finally:
         process.kill()
         process.wait(timeout=60)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import run_cli
+from keras_siamese.checkpoint import HOLD_AFTER_EPOCH
 
 TIMEOUT = 300  # seconds a cluster may take before its processes are killed
 
@@ -47,18 +48,19 @@ def free_ports(count):
     return ports
 
 
-def start_cluster(tmp_path, tag, settings_of):
-    """Two worker processes on 127.0.0.1, ``settings_of(index)`` each; returns them with
-    the files their final weights go to."""
+def start_cluster(tmp_path, tag, settings_of, env=None):
+    """Two worker processes on 127.0.0.1, ``settings_of(index)`` each, with ``env`` added
+    to their environment; returns them with the files their final weights go to."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "KERAS_SIAMESE_OFFLINE": "1"}
+        worker_env = {**os.environ, "TF_CONFIG": json.dumps(tf_config),
+                      "KERAS_SIAMESE_OFFLINE": "1", **(env or {})}
         weights = tmp_path / f"{tag}_weights_{index}.npz"
         process = subprocess.Popen(
             [sys.executable, "-c", WORKER, json.dumps(settings_of(index)), str(weights)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         workers.append((process, weights))
     return workers
 
@@ -133,7 +135,9 @@ def test_a_killed_cluster_resumes_to_the_same_weights(cluster, tmp_path):
     _, _, (reference, _) = cluster
     shared = dict(CLUSTER_SETTINGS, output_dir=str(tmp_path / "out"),
                   log_dir=str(tmp_path / "logs"))
-    workers = start_cluster(tmp_path, "cut", lambda i: shared)
+    # The chief holds after epoch 1's checkpoint, so the kill comes before epoch 2 ends
+    # however slowly this test polls.
+    workers = start_cluster(tmp_path, "cut", lambda i: shared, env={HOLD_AFTER_EPOCH: "1"})
     checkpoints = tmp_path / "out" / "contrastive_mnist" / "checkpoints"
     deadline = time.monotonic() + TIMEOUT
     try:

@@ -122,6 +122,37 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(w.numpy()).all() for w in restored.weights)
 
 
+def test_a_lost_ctrl_c_still_stops_training_at_the_next_step(tmp_path):
+    """Ctrl-C's KeyboardInterrupt is lost when it is raised inside a finaliser (Python
+    prints "Exception ignored"); the stop request it leaves behind ends the run anyway."""
+    import keras
+    import tensorflow as tf
+
+    from keras_siamese.checkpoint import STOP_REQUESTED, EpochCheckpoint
+
+    class LoseTheInterrupt(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.steps == 2:
+                STOP_REQUESTED.set()  # what the signal handler does before raising
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    data = tf.data.Dataset.from_tensor_slices((np.ones((8, 3), np.float32),
+                                               np.zeros((8, 1), np.float32))).batch(1)
+    counter = LoseTheInterrupt()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(data, epochs=2, verbose=0, callbacks=[counter, EpochCheckpoint(tmp_path)])
+    finally:
+        STOP_REQUESTED.clear()
+    assert counter.steps == 2
+
+
 def test_an_exploding_run_stops_with_one_clear_line(tmp_path):
     result = run_cli("train", "--learning-rate", "1e30", "--limit", "600", "--epochs", "2",
                      "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs")
