@@ -56,7 +56,8 @@ def similarities(embeddings) -> tf.Tensor:
     return tf.matmul(e, e, transpose_b=True)
 
 
-def multi_similarity_pairs(labels, similarity, epsilon: float = 0.1):
+def multi_similarity_pairs(labels, similarity, epsilon: float = 0.1, reference_labels=None,
+                           valid=None):
     """The pair mining of Multi-Similarity (Wang et al. 2019, Eq. 4 and 5): per anchor ``i``,
 
     - a negative pair ``(i, j)`` is kept if ``S_ij > min_{k positive} S_ik - epsilon``
@@ -69,23 +70,26 @@ def multi_similarity_pairs(labels, similarity, epsilon: float = 0.1):
 
     Args:
         labels: (B,) or (B, 1) class labels.
-        similarity: (B, B) similarities ``S``.
+        similarity: (B, M) similarities ``S`` of the batch to its references (the batch
+            itself, M = B, unless ``reference_labels`` are given).
         epsilon: the paper's margin of the mining.
+        reference_labels, valid: the references' labels (M,) and the usable pairs (B, M),
+            as :func:`keras_siamese.mining.pair_masks` takes them (a cross-batch memory).
 
     Returns:
-        ``(positive, negative)``, boolean (B, B) masks of the kept pairs.
+        ``(positive, negative)``, boolean (B, M) masks of the kept pairs.
     """
-    positive, negative = mining.pair_masks(labels)
+    positive, negative = mining.pair_masks(labels, reference_labels, valid)
     hardest_positive = tf.reduce_min(tf.where(positive, similarity, float("inf")), axis=1)
     hardest_negative = tf.reduce_max(tf.where(negative, similarity, float("-inf")), axis=1)
     return (positive & (similarity < hardest_negative[:, None] + epsilon),
             negative & (similarity > hardest_positive[:, None] - epsilon))
 
 
-def all_pairs(labels, similarity):
+def all_pairs(labels, similarity, reference_labels=None, valid=None):
     """Every positive and negative pair of the batch (no mining; ``similarity`` unused)."""
     del similarity
-    return mining.pair_masks(labels)
+    return mining.pair_masks(labels, reference_labels, valid)
 
 
 # The pair miners by ``--mining`` name (the variant table says which loss uses which).
@@ -94,14 +98,15 @@ PAIR_MINERS = {"ms-mining": multi_similarity_pairs, "all-pairs": all_pairs}
 
 def multi_similarity_loss(labels, embeddings, alpha: float = 2.0, beta: float = 50.0,
                           base: float = 0.5, epsilon: float = 0.1,
-                          mining_rule: str = "ms-mining"):
+                          mining_rule: str = "ms-mining", references=None):
     """Multi-Similarity loss (Wang, Han, Huang, Dong, Scott 2019, CVPR, Eq. 6), per anchor:
 
     ``L_i = 1/alpha log[1 + sum_{k in P_i} exp(-alpha (S_ik - lambda))]``
     ``    + 1/beta  log[1 + sum_{k in N_i} exp( beta (S_ik - lambda))]``
 
     with ``S`` the cosine similarities, ``lambda = base`` and ``P_i``, ``N_i`` the positive
-    and negative pairs of anchor ``i`` that ``mining_rule`` keeps: ``"ms-mining"``, the
+    and negative pairs of anchor ``i`` (within the batch, or with ``references`` against
+    the batch and a cross-batch memory) that ``mining_rule`` keeps: ``"ms-mining"``, the
     paper's own (:func:`multi_similarity_pairs` with ``epsilon``), or ``"all-pairs"``.
     The batch's loss is the mean over its ``m`` anchors, ``L = 1/m sum_i L_i``, as in the
     paper; an empty ``P_i`` or ``N_i`` makes its term ``log 1 = 0``. (The authors' code
@@ -119,6 +124,8 @@ def multi_similarity_loss(labels, embeddings, alpha: float = 2.0, beta: float = 
         base: lambda, the similarity around which pairs are weighted.
         epsilon: the margin of the mining (``"ms-mining"`` only).
         mining_rule: a key of :data:`PAIR_MINERS`.
+        references: a :class:`keras_siamese.mining.References` (batch, then memory), or
+            None for the batch alone.
 
     Returns:
         (B,) the loss of each anchor.
@@ -134,11 +141,15 @@ def multi_similarity_loss(labels, embeddings, alpha: float = 2.0, beta: float = 
     [0.0, 0.0, 0.0, 0.0]
     """
     labels = tf.reshape(labels, (-1,))
-    s = similarities(embeddings)
-    if mining_rule == "ms-mining":
-        positive, negative = multi_similarity_pairs(labels, s, epsilon)
+    if references is None:
+        s, against = similarities(embeddings), {}
     else:
-        positive, negative = PAIR_MINERS[mining_rule](labels, s)
+        s = tf.matmul(tf.cast(embeddings, tf.float32), references.embeddings, transpose_b=True)
+        against = {"reference_labels": references.labels, "valid": references.valid}
+    if mining_rule == "ms-mining":
+        positive, negative = multi_similarity_pairs(labels, s, epsilon, **against)
+    else:
+        positive, negative = PAIR_MINERS[mining_rule](labels, s, **against)
     return (log_one_plus_sum_exp(-alpha * (s - base), positive) / alpha
             + log_one_plus_sum_exp(beta * (s - base), negative) / beta)
 
@@ -201,6 +212,13 @@ class MultiSimilarityLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         return multi_similarity_loss(y_true, y_pred, self.alpha, self.beta, self.base,
                                      self.epsilon, self.mining_rule)
+
+    def batch_loss(self, y_true, y_pred, references=None):
+        """The batch's loss, the mean over its anchors, mined against ``references`` (a
+        cross-batch memory, :mod:`keras_siamese.cross_batch_memory`)."""
+        return tf.reduce_mean(multi_similarity_loss(y_true, y_pred, self.alpha, self.beta,
+                                                    self.base, self.epsilon,
+                                                    self.mining_rule, references))
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta,

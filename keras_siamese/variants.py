@@ -170,8 +170,7 @@ def _online_contrastive(config, net):
 
 
 def _multi_similarity(config, net):
-    return (models.online_model(net.embedding_net(config)),
-            MultiSimilarityLoss(mining_rule=config.mining), [])
+    return _online_model(config, net), MultiSimilarityLoss(mining_rule=config.mining), []
 
 
 def _circle(config, net):
@@ -321,9 +320,10 @@ _TABLE = (
             _online_triplet, _pk_streams, check=_check_triplets, memory=True),
     Variant("multi-similarity", "ms-mining", "Multi-Similarity (Wang et al. 2019) on the "
             "pairs its own mining keeps, P x K batches", _multi_similarity, _pk_streams,
-            check=_check_pk, default=True, margin=None, unit_vectors=True),
+            check=_check_pk, default=True, margin=None, unit_vectors=True, memory=True),
     Variant("multi-similarity", "all-pairs", "every pair of the batch",
-            _multi_similarity, _pk_streams, check=_check_pk, margin=None, unit_vectors=True),
+            _multi_similarity, _pk_streams, check=_check_pk, margin=None, unit_vectors=True,
+            memory=True),
     Variant("circle", "all-pairs", "Circle loss (Sun et al. 2020, Keras' own) on every pair "
             "of P x K batches", _circle, _pk_streams, check=_check_pk, default=True,
             margin=0.4, unit_vectors=True),

@@ -15,6 +15,7 @@ from keras_siamese import mining
 from keras_siamese.cross_batch_memory import LAYER_NAME, CrossBatchMemory, memory_model
 from keras_siamese.losses import (OnlineContrastiveLoss, OnlineTripletLoss,
                                   online_contrastive_loss, online_triplet_loss)
+from keras_siamese.pair_losses import MultiSimilarityLoss
 
 
 def filled_memory(size, dim=2, warmup=0):
@@ -237,10 +238,12 @@ def test_a_training_step_mines_against_the_memory_then_writes_the_batch(tmp_path
     assert isinstance(again.loss, OnlineTripletLoss)
 
 
-def test_contrastive_loss_trains_with_a_memory():
+@pytest.mark.parametrize("loss", [OnlineContrastiveLoss(1.0), MultiSimilarityLoss()],
+                         ids=["contrastive", "multi-similarity"])
+def test_pair_losses_train_with_a_memory(loss):
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(8, 3)).astype(np.float32), np.repeat([0, 1, 2, 3], 2)
-    model = tiny_memory_model(20, 0, OnlineContrastiveLoss(1.0))
+    model = tiny_memory_model(20, 0, loss)
     losses = [float(model.train_on_batch(x, y)) for _ in range(4)]
     assert all(np.isfinite(losses)) and int(model.get_layer(LAYER_NAME).filled()) == 20
 

@@ -28,11 +28,16 @@ def pairs_of(labels, i):
             [k for k in range(n) if labels[k] != labels[i]])
 
 
-def brute_ms(labels, e, alpha=2.0, beta=50.0, lam=0.5, eps=0.1, mine=True):
-    """Wang et al. 2019: mining (Eq. 4, 5), then Eq. 6 per anchor; mean over anchors."""
-    s, losses = cosines(e), []
+def brute_ms(labels, e, alpha=2.0, beta=50.0, lam=0.5, eps=0.1, mine=True,
+             memory_labels=(), memory_e=None):
+    """Wang et al. 2019: mining (Eq. 4, 5), then Eq. 6 per anchor; mean over anchors.
+    With a memory, the anchor's pairs are the other batch items and every memory entry
+    (index B + m)."""
+    refs = np.concatenate([e, memory_e]) if memory_e is not None else e
+    s, losses = np.minimum(np.asarray(e, np.float64) @ np.asarray(refs, np.float64).T, 1.0), []
+    every_label = np.concatenate([labels, memory_labels]).astype(int)
     for i in range(len(labels)):
-        positives, negatives = pairs_of(labels, i)
+        positives, negatives = pairs_of(every_label, i)
         if mine:
             least_positive = min((s[i, k] for k in positives), default=math.inf)
             most_negative = max((s[i, k] for k in negatives), default=-math.inf)
@@ -107,6 +112,31 @@ def test_multi_similarity_matches_the_paper(batch, mine):
     np.testing.assert_allclose(got, brute_ms(labels, e, mine=mine), rtol=1e-5, atol=1e-6)
     reduced = float(MultiSimilarityLoss(mining_rule=rule)(labels, e))
     assert reduced == pytest.approx(brute_ms(labels, e, mine=mine).mean(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("mine", [True, False], ids=["ms-mining", "all-pairs"])
+@pytest.mark.parametrize("written", [0, 5, 15], ids=["empty", "half filled", "wrapped"])
+def test_multi_similarity_against_a_memory_matches_the_paper(mine, written):
+    """``--memory``: each anchor's pairs are the rest of the batch and the memory's filled
+    slots; the memory's entries are the last ones written."""
+    from keras_siamese.cross_batch_memory import CrossBatchMemory
+
+    labels, e = pk_batch(4, p=3, k=2, dim=3)
+    rng = np.random.default_rng(5)
+    memory = CrossBatchMemory(10)
+    memory.build((None, 3))
+    memory_labels, memory_e = rng.integers(0, 4, written), unit(rng.normal(size=(written, 3)))
+    for start in range(0, written, 4):
+        memory.enqueue(memory_e[start:start + 4], memory_labels[start:start + 4])
+    kept_e, kept_labels = memory.contents()
+    rule = "ms-mining" if mine else "all-pairs"
+    got = float(MultiSimilarityLoss(mining_rule=rule).batch_loss(
+        labels, e, memory.references(e, labels)))
+    want = brute_ms(labels, e, mine=mine, memory_labels=kept_labels, memory_e=kept_e).mean()
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    if written == 0:  # an empty memory: the loss of the batch alone
+        assert got == pytest.approx(float(MultiSimilarityLoss(mining_rule=rule)(labels, e)),
+                                    rel=1e-6)
 
 
 def test_multi_similarity_mining_keeps_the_papers_pairs():
