@@ -35,9 +35,8 @@ labels, the embeddings and ``training``.
   neither read nor written, so ``val_loss`` stays comparable between runs.
 
 Any loss with ``batch_loss(labels, embeddings, references)`` (every online loss of
-:mod:`keras_siamese.losses`, and Multi-Similarity) trains with a memory; a variant says so in
-its table entry
-(:mod:`keras_siamese.variants`).
+:mod:`keras_siamese.losses`, and Multi-Similarity) trains with a memory; a variant says so
+in its table entry (:mod:`keras_siamese.variants`).
 
 FIFO: the next entry goes to slot ``count % N``, a ring buffer that holds the last N
 training embeddings and labels; a batch of more than N keeps its last N. The memory
