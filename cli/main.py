@@ -211,9 +211,16 @@ def evaluate(run_folder, as_json, changed_data):
               help="Folder with the idx files (or a TFDS data dir) to load from.")
 @click.option("--overwrite", is_flag=True,
               help="Retrain every run, even those an earlier grid finished.")
+@click.option("--readme", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results page into this Markdown file, between its "
+                   "marker lines of --readme-block (checked before training), and copy "
+                   "results.json and results.png to its docs/ folder as <block>.json, .png.")
+@click.option("--readme-block", default="results", show_default=True,
+              help="Name of the block that --readme replaces: the lines between "
+                   "'<!-- reproduce:NAME begin ...-->' and '<!-- reproduce:NAME end -->'.")
 @click.pass_context
 def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, precision,
-              output_dir, log_dir, data_dir, overwrite):
+              output_dir, log_dir, data_dir, overwrite, readme, readme_block):
     """Train the study's grid (every loss on every dataset) and write its results page.
 
     Writes OUTPUT_DIR/results.md, results.png (the embedding plots with P@1, MAP@R and
@@ -223,8 +230,13 @@ def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, 
 
     Example: siamese-keras reproduce --epochs 10 --seeds 0,1,2
     """
+    from keras_siamese import readme_block as block
     from keras_siamese.reproduce import grid_configs, reproduce as run_grid
 
+    if readme is not None:
+        block.check(readme, readme_block)
+    elif ctx.get_parameter_source("readme_block") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--readme-block names a block of the --readme file: give both")
     if seeds and ctx.get_parameter_source("seed") is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("give --seed (one run per cell) or --seeds (several), not both")
     seeds = seeds or (seed,)
@@ -248,6 +260,10 @@ def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, 
         click.echo(f"mean ± half-width of the 95% confidence interval over seeds "
                    f"{', '.join(map(str, seeds))} (Student's t)")
     click.echo(f"results: {output_dir}/results.md, results.png, results.json")
+    if readme is not None:
+        block.write(readme, readme_block, output_dir)
+        click.echo(f"block {readme_block!r} of {readme} rewritten, with "
+                   f"{block.results_path(readme_block)} and {block.figure_path(readme_block)}")
 
 
 @app.command("export")

@@ -31,8 +31,10 @@ retrains everything).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import keras
@@ -53,7 +55,11 @@ SHOWN = (("precision_at_1", "P@1"), ("map_at_r", "MAP@R"), ("one_shot_10way", "1
 TABLE = SHOWN[:2] + (("r_precision", "R-prec."), ("knn_accuracy", "5-NN acc."),
                      ("roc_auc", "pair AUC"), ("verification_accuracy", "verif. acc.")) + SHOWN[2:]
 RANKED = SHOWN[:2]  # the metrics whose overlapping intervals the notes column names
-RUN_KEYS = ("loss", "dataset", "seed", "run_dir")  # a row's fields that are no metric
+RUN_KEYS = ("loss", "dataset", "seed", "run_dir", "code")  # a row's fields that are no metric
+# A kept run whose code no earlier results.json recorded.
+UNRECORDED = "unrecorded"
+# The grid's shared settings that results.json records and its page states.
+PAGE_SETTINGS = ("epochs", "batch_size", "embedding_dim", "limit")
 
 PER_ROW = 5  # plots side by side in results.png
 
@@ -119,11 +125,14 @@ def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> 
     """Train (or reuse) every run, then write the results page; returns the grid's cells."""
     from keras_siamese import experiment  # TensorFlow loads only when there is work to do
 
+    code = code_version()  # the code this process loaded, whatever is edited meanwhile
+    earlier = _codes_of_earlier_runs(Path(out_dir))
     rows, spent, trained = [], 0.0, 0
     for number, config in enumerate(configs, 1):
         metrics = None if config.overwrite else finished_metrics(config)
         if metrics is not None:
             echo(f"[{number}/{len(configs)}] {config.name}: kept (finished earlier)")
+            made_by = earlier.get(str(config.run_dir), UNRECORDED)
         else:
             left = len(configs) - number + 1
             eta = f", about {spent / trained * left / 60:.0f} min left" if trained else ""
@@ -136,11 +145,22 @@ def reproduce(configs: list[TrainConfig], out_dir, command: str, echo=print) -> 
             metrics = experiment.run(dataclasses.replace(config, overwrite=True)).metrics
             spent += time.perf_counter() - started
             trained += 1
+            made_by = code
         rows.append({"loss": config.variant, "dataset": config.dataset, "seed": config.seed,
-                     "run_dir": str(config.run_dir), **json_safe(metrics)})
+                     "run_dir": str(config.run_dir), "code": made_by, **json_safe(metrics)})
     cells = summarise(rows)
     write_results(rows, cells, configs[0], Path(out_dir), command)
     return cells
+
+
+def _codes_of_earlier_runs(out_dir: Path) -> dict[str, str]:
+    """``{run folder: code}`` from the grid's earlier ``results.json``, for the runs that
+    are kept instead of retrained (empty if there is none or it cannot be read)."""
+    try:
+        rows = json.loads((out_dir / "results.json").read_text())["rows"]
+        return {row["run_dir"]: row["code"] for row in rows if "code" in row}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def summarise(rows: list[dict]) -> list[Cell]:
@@ -244,8 +264,12 @@ def _notes(cell: Cell) -> str:
     return "; ".join(parts) or "—"
 
 
-def results_markdown(cells: list[Cell], settings: TrainConfig, command: str,
-                     figure: str) -> str:
+def results_markdown(results: dict, figure: str) -> str:
+    """The results page's text (without its title) from ``results.json``'s content: how
+    it was made (command, code, settings, seeds), the table and the figure ``figure``."""
+    cells = summarise(results["rows"])
+    settings = TrainConfig(**results["settings"])
+    command = results["command"]
     seeds = _seeds_of(cells)
     several = len(seeds) > 1
     header = "| dataset | loss | " + " | ".join(label for _, label in TABLE) + " | s/epoch |"
@@ -258,10 +282,11 @@ def results_markdown(cells: list[Cell], settings: TrainConfig, command: str,
         seed_text = (f"seed {seeds[0]} (one seed: no confidence interval, so differences "
                      "between losses carry no estimate of their spread; `--seeds 0,1,2` "
                      "gives intervals)")
+    codes = Counter(row.get("code", UNRECORDED) for row in results["rows"])
+    code_text = (next(iter(codes)) if len(codes) == 1 else
+                 ", ".join(f"{code} ({count} runs)" for code, count in codes.items()))
     lines = [
-        "# Results",
-        "",
-        f"Made by `{command}`: {settings.epochs} epochs, {seed_text}, batch "
+        f"Made by `{command}` (code: {code_text}): {settings.epochs} epochs, {seed_text}, batch "
         f"{settings.batch_size}, {settings.embedding_dim}-D embeddings"
         + (f", {settings.limit} training images" if settings.limit else ", all training images")
         + ". Test images are queried against the training images (P@1, 5-NN); MAP@R and "
@@ -288,11 +313,34 @@ def results_markdown(cells: list[Cell], settings: TrainConfig, command: str,
 
 def write_results(rows: list[dict], cells: list[Cell], settings: TrainConfig, out_dir: Path,
                   command: str) -> None:
-    """``results.png``, ``results.md`` and ``results.json`` (every run's metrics as
-    ``rows``, every cell over seeds as ``cells``)."""
+    """``results.png``, ``results.json`` (how it was made, every run's metrics and code as
+    ``rows`` and every cell over seeds as ``cells``) and ``results.md``, rendered from that JSON."""
     results_figure(cells, out_dir / "results.png")
-    write_text(out_dir / "results.md", results_markdown(cells, settings, command, "results.png"))
     seeds = _seeds_of(cells)
-    write_json(out_dir / "results.json", {
-        "command": command, "seeds": seeds, "interval": METHOD if len(seeds) > 1 else
-        "none: one seed", "rows": rows, "cells": [cell.to_json() for cell in cells]})
+    results = {
+        "command": command, "settings": {key: getattr(settings, key) for key in PAGE_SETTINGS},
+        "seeds": seeds, "interval": METHOD if len(seeds) > 1 else "none: one seed",
+        "rows": rows, "cells": [cell.to_json() for cell in cells]}
+    write_json(out_dir / "results.json", results)
+    write_text(out_dir / "results.md", "# Results\n\n" + results_markdown(results, "results.png"))
+
+
+def code_version() -> str:
+    """The code that made a grid, as its page names it: ``commit 1a2b3c4`` in a git
+    checkout (``+ uncommitted changes`` when tracked files differ from it), else the
+    installed package's version."""
+    import subprocess
+
+    import keras_siamese
+
+    source = Path(keras_siamese.__file__).resolve().parent
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(source), *args], capture_output=True,
+                                  text=True, check=True, timeout=60).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        return f"keras-siamese {keras_siamese.__version__}"
+    return f"commit {commit}" + (" + uncommitted changes" if changed else "")

@@ -15,7 +15,6 @@ import pytest
 from helpers import run_cli, run_main
 
 from keras_siamese import intervals, reproduce
-from keras_siamese.config import TrainConfig
 from keras_siamese.errors import ConfigError
 from keras_siamese.intervals import Interval, student_t_interval, t_quantile_975
 from keras_siamese.plots import new_figure, save_figure
@@ -103,9 +102,9 @@ def test_cells_intervals_overlap_notes_and_figure(tmp_path, monkeypatch):
     assert softmax.overlaps == {"precision_at_1": ["contrastive"], "map_at_r": ["contrastive"]}
     assert cells[2].overlaps == {"precision_at_1": [], "map_at_r": []}
 
-    settings = TrainConfig(epochs=2, limit=300)
-    page = reproduce.results_markdown(cells, settings, "siamese-keras reproduce --seeds 0,1,2",
-                                      "results.png")
+    settings = {"epochs": 2, "batch_size": 128, "embedding_dim": 2, "limit": 300}
+    page = reproduce.results_markdown({"command": "siamese-keras reproduce --seeds 0,1,2",
+                                       "settings": settings, "rows": rows}, "results.png")
     assert "2 epochs, seeds 0, 1, 2 (n = 3 runs per cell" in page
     assert "| notes |" in page and "Student's t" in page
     assert ("| mnist | softmax | 0.910 ± 0.025 | 0.810 ± 0.025 | n/a |" in page)
@@ -129,9 +128,11 @@ def test_cells_intervals_overlap_notes_and_figure(tmp_path, monkeypatch):
     assert len(chart.containers) == 3  # P@1, MAP@R and (empty) one-shot error bars
     assert "95 % interval over seeds 0, 1, 2" in chart.get_title()
 
-    one_seed = reproduce.summarise([row for row in rows if row["seed"] == 0])
-    page = reproduce.results_markdown(one_seed, settings, "x", "results.png")
+    one_seed = [row for row in rows if row["seed"] == 0]
+    page = reproduce.results_markdown({"command": "x", "settings": settings, "rows": one_seed},
+                                      "results.png")
     assert "seed 0 (one seed: no confidence interval" in page and "notes" not in page
+    assert "(code: unrecorded)" in page  # rows of a grid made before codes were kept
     assert "| mnist | softmax | 0.900 | 0.800 | n/a |" in page
 
 
@@ -208,6 +209,7 @@ def test_reproduce_with_two_seeds_reports_intervals(capsys, tmp_path):
         config = json.loads((grid / f"softmax_mnist_seed{seed}" / "config.json").read_text())
         assert (config["embedding_dim"], config["precision"]) == (3, "float32")
     assert results["seeds"] == [0, 1] and results["interval"] == "student-t 95%"
+    assert {row["code"] for row in results["rows"]} == {reproduce.code_version()}
     assert [(r["seed"], r["run_dir"]) for r in results["rows"]] == [
         (0, str(grid / "softmax_mnist_seed0")), (1, str(grid / "softmax_mnist_seed1"))]
     runs = [_metrics(grid / f"softmax_mnist_seed{seed}") for seed in (0, 1)]
