@@ -122,6 +122,11 @@ def train(ctx, resume_folder, **options):
     """
     if resume_folder is None:
         config = TrainConfig(**options)
+        unused = config.unused_options(
+            [name for name in options
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE])
+        if unused:
+            raise click.UsageError(f"{'; '.join(unused)}: drop {'it' if len(unused) == 1 else 'them'}")
     else:
         given = [f"--{name.replace('_', '-')}" for name in options
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]

@@ -305,6 +305,21 @@ class TrainConfig:
         """The :class:`~keras_siamese.variants.Variant` these settings train."""
         return variant_of(self.loss, self.mining)
 
+    def unused_options(self, given) -> list[str]:
+        """Of the options the user typed (``given``, field names), those these settings
+        would ignore, each with why: a run must not look as if it used them."""
+        unused = []
+        if self.online and "batch_size" in given:
+            unused.append(f"--batch-size does not apply to --loss {self.variant} (it trains on "
+                          "P x K batches: --classes-per-batch, --images-per-class)")
+        if not self.online:
+            unused += [f"--{name.replace('_', '-')} does not apply to --loss {self.variant} "
+                       "(only online mining draws P x K batches)"
+                       for name in ("classes_per_batch", "images_per_class") if name in given]
+        if not self.memory and "memory_warmup" in given:
+            unused.append("--memory-warmup does not apply without --memory")
+        return unused
+
     @property
     def training_batch_size(self) -> int:
         """Examples per training step: ``--batch-size``, or P x K with online mining."""

@@ -59,7 +59,8 @@ RUN_KEYS = ("loss", "dataset", "seed", "run_dir", "code")  # a row's fields that
 # A kept run whose code no earlier results.json recorded.
 UNRECORDED = "unrecorded"
 # The grid's shared settings that results.json records and its page states.
-PAGE_SETTINGS = ("epochs", "batch_size", "embedding_dim", "limit")
+PAGE_SETTINGS = ("epochs", "batch_size", "classes_per_batch", "images_per_class",
+                 "embedding_dim", "limit")
 
 PER_ROW = 5  # plots side by side in results.png
 
@@ -287,7 +288,8 @@ def results_markdown(results: dict, figure: str) -> str:
                  ", ".join(f"{code} ({count} runs)" for code, count in codes.items()))
     lines = [
         f"Made by `{command}` (code: {code_text}): {settings.epochs} epochs, {seed_text}, batch "
-        f"{settings.batch_size}, {settings.embedding_dim}-D embeddings"
+        f"{settings.batch_size} or, with online mining, P x K = {settings.classes_per_batch} x "
+        f"{settings.images_per_class}, {settings.embedding_dim}-D embeddings"
         + (f", {settings.limit} training images" if settings.limit else ", all training images")
         + ". Test images are queried against the training images (P@1, 5-NN); MAP@R and "
         "R-precision are leave-one-out on the test set; pair AUC and verification accuracy "

@@ -56,6 +56,17 @@ CASES = [
     (["--loss", "arcface", "--mining", "batch-hard"],
      "--mining 'batch-hard' does not apply to --loss arcface: choose one of random"),
     (["--loss", "cosface", "--margin", "0"], "margin must be > 0"),
+    # Options these settings would silently ignore.
+    (["--loss", "supcon", "--batch-size", "64"],
+     "--batch-size does not apply to --loss supcon (it trains on P x K batches"),
+    (["--loss", "softmax", "--images-per-class", "4"],
+     "--images-per-class does not apply to --loss softmax (only online mining"),
+    (["--loss", "arcface", "--classes-per-batch", "4", "--images-per-class", "4"],
+     "--classes-per-batch does not apply to --loss arcface (only online mining draws P x K "
+     "batches); --images-per-class does not apply to --loss arcface (only online mining "
+     "draws P x K batches): drop them"),
+    (["--loss", "contrastive", "--mining", "hard-negative", "--memory-warmup", "5"],
+     "--memory-warmup does not apply without --memory: drop it"),
 ]
 
 

@@ -102,7 +102,8 @@ def test_cells_intervals_overlap_notes_and_figure(tmp_path, monkeypatch):
     assert softmax.overlaps == {"precision_at_1": ["contrastive"], "map_at_r": ["contrastive"]}
     assert cells[2].overlaps == {"precision_at_1": [], "map_at_r": []}
 
-    settings = {"epochs": 2, "batch_size": 128, "embedding_dim": 2, "limit": 300}
+    settings = {"epochs": 2, "batch_size": 128, "classes_per_batch": 8, "images_per_class": 16,
+                "embedding_dim": 2, "limit": 300}
     page = reproduce.results_markdown({"command": "siamese-keras reproduce --seeds 0,1,2",
                                        "settings": settings, "rows": rows}, "results.png")
     assert "2 epochs, seeds 0, 1, 2 (n = 3 runs per cell" in page
