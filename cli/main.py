@@ -18,7 +18,7 @@ import click
 from keras_siamese import variants
 from keras_siamese.checkpoint import STOP_REQUESTED
 from keras_siamese.cli import serve, use
-from keras_siamese.config import DATASETS, PRECISIONS, TrainConfig
+from keras_siamese.config import DATASETS, LR_SCHEDULES, PRECISIONS, TrainConfig
 from keras_siamese.errors import Interrupted, SiameseError
 
 PROG = "siamese-keras"
@@ -208,6 +208,9 @@ def evaluate(run_folder, as_json, changed_data):
               "size its own --output-dir).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision,
               show_default=True, help="Arithmetic of every run (see train --precision).")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=TrainConfig.lr_schedule,
+              show_default=True, help="Learning-rate schedule of every run (see train "
+              "--lr-schedule).")
 @click.option("--output-dir", type=click.Path(), default="output/reproduce", show_default=True,
               help="Folder of the grid's run folders and its results page.")
 @click.option("--log-dir", type=click.Path(), default="logs/reproduce", show_default=True,
@@ -225,7 +228,7 @@ def evaluate(run_folder, as_json, changed_data):
                    "'<!-- reproduce:NAME begin ...-->' and '<!-- reproduce:NAME end -->'.")
 @click.pass_context
 def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, precision,
-              output_dir, log_dir, data_dir, overwrite, readme, readme_block):
+              lr_schedule, output_dir, log_dir, data_dir, overwrite, readme, readme_block):
     """Train the study's grid (every loss on every dataset) and write its results page.
 
     Writes OUTPUT_DIR/results.md, results.png (the embedding plots with P@1, MAP@R and
@@ -247,7 +250,7 @@ def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, 
     seeds = seeds or (seed,)
     configs = grid_configs(losses, datasets, seeds, epochs=epochs, limit=limit,
                            embedding_dim=embedding_dim, precision=precision,
-                           output_dir=output_dir, log_dir=log_dir, data_dir=data_dir,
+                           lr_schedule=lr_schedule, output_dir=output_dir, log_dir=log_dir, data_dir=data_dir,
                            overwrite=overwrite)
     # One seed keeps the command as it always read; several name them all.
     seed_option = (f"--seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else
@@ -256,7 +259,9 @@ def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, 
                f"--epochs {epochs} {seed_option}" + (f" --limit {limit}" if limit else "")
                + (f" --embedding-dim {embedding_dim}"
                   if embedding_dim != TrainConfig.embedding_dim else "")
-               + (f" --precision {precision}" if precision != TrainConfig.precision else ""))
+               + (f" --precision {precision}" if precision != TrainConfig.precision else "")
+               + (f" --lr-schedule {lr_schedule}"
+                  if lr_schedule != TrainConfig.lr_schedule else ""))
     cells = run_grid(configs, output_dir, command, echo=click.echo)
     for cell in cells:
         click.echo(f"{cell.dataset:<14} {cell.loss:<12} P@1 {cell.text('precision_at_1', 4)}  "

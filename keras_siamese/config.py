@@ -22,6 +22,7 @@ from keras_siamese.variants import VARIANTS, default_mining, losses, mining_rule
 DATASETS = ("mnist", "fashion_mnist")  # built in; also tfds:NAME or a class-folder path
 BACKBONES = ("small", "resnet")
 STRATEGIES = ("default", "mirrored", "multi-worker")
+LR_SCHEDULES = ("cosine", "constant", "step")
 PRECISIONS = precision.CHOICES
 
 DATA_FINGERPRINT = "data_fingerprint"  # config.json's record of the data (data.fingerprint)
@@ -67,8 +68,12 @@ class TrainConfig:
     epochs: int = setting(10, "Passes over the training images (one pair/triplet per image "
                           "and epoch).")
     batch_size: int = setting(128, "Pairs, triplets or images per training step.")
-    learning_rate: float = setting(1e-3, "Adam's initial learning rate (cosine-decayed to 0 "
-                                   "over the run).", aliases=("--lr",))
+    learning_rate: float = setting(1e-3, "Adam's initial learning rate (see "
+                                   "--lr-schedule).", aliases=("--lr",))
+    lr_schedule: str = setting(
+        "cosine", "How the learning rate moves over the run: cosine: decays to 0 at the last "
+        "step; constant: stays; step: x 0.1 every 8 epochs (the study's PyTorch reference, "
+        "StepLR(8, 0.1)).", choices=LR_SCHEDULES)
     margin: float | None = setting(
         None, "Margin of the loss (> 0): of the contrastive and triplet losses; m of circle, "
         "arcface (radians) and cosface; delta of proxy-anchor. multi-similarity and supcon "

@@ -72,13 +72,37 @@ class RunResult:
 
 def compiled_model(config: TrainConfig, net: NetSpec, steps_per_epoch: int) -> keras.Model:
     """The variant's model around a fresh shared embedding net (:mod:`variants`), compiled
-    with its loss, metrics and Adam on a cosine-decayed learning rate."""
+    with its loss, metrics and Adam on the learning-rate schedule of ``--lr-schedule``."""
     with precision.building_in(config.precision):
         model, loss, metrics = config.model_variant.build(config, net)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch))
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
+
+
+# The study's PyTorch reference: StepLR(optimizer, step_size=8, gamma=0.1), per epoch.
+STEP_EPOCHS, STEP_FACTOR = 8, 0.1
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
+    """``lr(step)`` for Adam, a function of the optimiser's step count (so a resumed run,
+    whose optimiser state holds that count, continues on the same curve):
+
+    - cosine: ``lr0 * (1 + cos(pi * step / S)) / 2``, ``S`` the run's total steps;
+    - constant: ``lr0``;
+    - step: ``lr0 * 0.1 ** floor(step / (8 * steps_per_epoch))``.
+    """
+    total = steps_per_epoch * config.epochs
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+    if config.lr_schedule == "step":
+        every = STEP_EPOCHS * steps_per_epoch
+        # Keras keeps a rate up to and including its boundary step: the last step of epoch 8.
+        boundaries = list(range(every - 1, total - 1, every))
+        rates = [config.learning_rate * STEP_FACTOR ** k for k in range(len(boundaries) + 1)]
+        if boundaries:  # a run of 8 epochs or fewer never steps
+            return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, rates)
+    return config.learning_rate
 
 
 def training_streams(config: TrainConfig, seen: Split, start_epoch: int):

@@ -201,14 +201,17 @@ def test_reproduce_with_two_seeds_reports_intervals(capsys, tmp_path):
     grid = tmp_path / "grid"
     code, errors = run_main(capsys, "reproduce", "--losses", "softmax", "--datasets", "mnist",
                             "--epochs", 1, "--limit", 300, "--seeds", "0,1",
-                            "--embedding-dim", 3, "--output-dir", grid,
+                            "--embedding-dim", 3, "--lr-schedule", "constant",
+                            "--output-dir", grid,
                             "--log-dir", tmp_path / "logs")
     assert code == 0, errors
     results = json.loads((grid / "results.json").read_text())
-    assert results["command"].endswith("--epochs 1 --seeds 0,1 --limit 300 --embedding-dim 3")
+    assert results["command"].endswith("--epochs 1 --seeds 0,1 --limit 300 --embedding-dim 3 "
+                                       "--lr-schedule constant")
     for seed in (0, 1):  # the fair-comparison settings reach every run
         config = json.loads((grid / f"softmax_mnist_seed{seed}" / "config.json").read_text())
-        assert (config["embedding_dim"], config["precision"]) == (3, "float32")
+        assert (config["embedding_dim"], config["precision"], config["lr_schedule"]) == \
+            (3, "float32", "constant")
     assert results["seeds"] == [0, 1] and results["interval"] == "student-t 95%"
     assert {row["code"] for row in results["rows"]} == {reproduce.code_version()}
     assert [(r["seed"], r["run_dir"]) for r in results["rows"]] == [

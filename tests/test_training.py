@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -111,3 +112,24 @@ def test_batch_hard_trains_with_small_k_and_warns_where_it_collapsed(tmp_path):
                      "--no-projector", "--no-export", "--log-dir", tmp_path / "logs2")
     assert warned.returncode == 0
     assert "--embedding-dim 64 --classes-per-batch 10 --images-per-class 4" in warned.stderr
+
+
+@pytest.mark.parametrize("schedule,rates", [
+    ("cosine", [1e-3, 1e-3 * (1 + math.cos(math.pi * 80 / 200)) / 2, 0.0]),
+    ("constant", [1e-3, 1e-3, 1e-3]),
+    # The reference's StepLR(8, 0.1): epochs 1-8 at 1e-3, 9-16 at 1e-4, 17- at 1e-5.
+    ("step", [1e-3, 1e-4, 1e-5]),
+])
+def test_learning_rate_schedules(schedule, rates):
+    """The rate at the first step, the first step of epoch 9 (index 80 with 10 steps per
+    epoch) and the first step of epoch 17 (index 160; the run's end for cosine)."""
+    from keras_siamese.config import TrainConfig
+    from keras_siamese.experiment import learning_rate_schedule
+
+    rate = learning_rate_schedule(TrainConfig(epochs=20, lr_schedule=schedule), 10)
+    steps = [0, 80, 200] if schedule == "cosine" else [0, 80, 160]
+    got = [float(rate(step)) if callable(rate) else rate for step in steps]
+    assert got == pytest.approx(rates, rel=1e-5, abs=1e-9)
+    if schedule == "step":  # the last step of epoch 8 still at the first rate
+        assert float(rate(79)) == pytest.approx(1e-3)
+        assert learning_rate_schedule(TrainConfig(epochs=5, lr_schedule="step"), 10) == 1e-3
