@@ -1,12 +1,16 @@
-"""Running the installed ``siamese-keras`` console script the way a user does."""
+"""Running the installed ``siamese-keras`` console script the way a user does, and the
+online losses by brute-force enumeration that several test modules check against."""
 
 import hashlib
+import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 CLI = shutil.which("siamese-keras", path=str(Path(sys.executable).parent)) or "siamese-keras"
 
@@ -88,3 +92,59 @@ def stop_after_first_checkpoint(tmp_path, signal_number, args, name="cut"):
         process.kill()
         process.wait(timeout=60)
     return tmp_path / "out" / name, process.returncode, stderr
+
+
+# --- online losses by enumeration (float64), for test_mining and test_memory ------------
+
+
+def brute_references(labels, e, memory_labels=(), memory_e=None):
+    """Distances (float64) of every query to every usable reference: the other batch
+    members (batch index j) and the filled memory entries, if any (index B + m)."""
+    e = np.asarray(e, np.float64)
+    memory_e = np.zeros((0, e.shape[1])) if memory_e is None else memory_e
+    refs = np.concatenate([e, memory_e]).astype(np.float64)
+    ref_labels = np.concatenate([labels, memory_labels])
+    d2 = ((e.astype(np.float64)[:, None, :] - refs[None, :, :]) ** 2).sum(-1)
+    usable = [[j for j in range(len(refs)) if j != a] for a in range(len(labels))]
+    return d2, ref_labels, usable
+
+
+def brute_triplet(labels, e, margin, rule, memory_labels=(), memory_e=None):
+    """The online triplet loss by enumeration: ``rule`` batch-all (mean over the triplets
+    with a positive loss), batch-hard, or semi-hard with the farthest-negative fallback."""
+    d2, ref_labels, usable = brute_references(labels, e, memory_labels, memory_e)
+    losses = []
+    for a in range(len(labels)):
+        positives = [p for p in usable[a] if ref_labels[p] == labels[a]]
+        negatives = [q for q in usable[a] if ref_labels[q] != labels[a]]
+        if not positives or not negatives:
+            continue
+        if rule == "batch-all":
+            losses += [max(0.0, d2[a, p] - d2[a, q] + margin)
+                       for p, q in itertools.product(positives, negatives)]
+        elif rule == "batch-hard":
+            losses.append(max(0.0, max(d2[a, p] for p in positives)
+                              - min(d2[a, q] for q in negatives) + margin))
+        else:  # semi-hard, with the farthest-negative fallback
+            for p in positives:
+                farther = [d2[a, q] for q in negatives if d2[a, q] > d2[a, p]]
+                d_an = min(farther) if farther else max(d2[a, q] for q in negatives)
+                losses.append(max(0.0, d2[a, p] - d_an + margin))
+    if rule == "batch-all":
+        losses = [value for value in losses if value > 0]
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def brute_contrastive(labels, e, margin, memory_labels=(), memory_e=None):
+    """The online contrastive loss by enumeration: every positive pair and as many nearest
+    negative pairs, each pair once."""
+    d2, ref_labels, _ = brute_references(labels, e, memory_labels, memory_e)
+    b = len(labels)
+    pairs = [(i, j) for i in range(b) for j in range(i + 1, b + len(memory_labels))]
+    positive = [ij for ij in pairs if labels[ij[0]] == ref_labels[ij[1]]]
+    negative = sorted((ij for ij in pairs if labels[ij[0]] != ref_labels[ij[1]]),
+                      key=lambda ij: d2[ij])[:len(positive)]
+    d = np.sqrt(np.maximum(d2, 1e-9))
+    terms = ([0.5 * d[ij] ** 2 for ij in positive]
+             + [0.5 * max(0.0, margin - d[ij]) ** 2 for ij in negative])
+    return float(np.mean(terms)) if terms else 0.0

@@ -2,7 +2,6 @@
 memory against brute-force enumeration (NumPy, float64), the model's training step, bad
 options, and an exact resume of a run with a memory."""
 
-import itertools
 import signal
 
 import keras
@@ -10,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import run_cli, run_main, stop_after_first_checkpoint
+from helpers import (brute_contrastive, brute_triplet, run_cli, run_main,
+                     stop_after_first_checkpoint)
 from keras_siamese import mining
 from keras_siamese.cross_batch_memory import LAYER_NAME, CrossBatchMemory, memory_model
 from keras_siamese.losses import (OnlineContrastiveLoss, OnlineTripletLoss,
@@ -70,53 +70,6 @@ def test_empty_slots_are_masked():
 # --- mining against batch + memory, against enumeration ---------------------------------
 
 
-def brute_references(labels, e, memory_labels, memory_e):
-    """Distances (float64) of every query to every usable reference: the other batch
-    members (batch index j) and the filled memory entries (index B + m)."""
-    refs = np.concatenate([e, memory_e]).astype(np.float64)
-    ref_labels = np.concatenate([labels, memory_labels])
-    d2 = ((e.astype(np.float64)[:, None, :] - refs[None, :, :]) ** 2).sum(-1)
-    usable = [[j for j in range(len(refs)) if j != a] for a in range(len(labels))]
-    return d2, ref_labels, usable
-
-
-def brute_triplet(labels, e, memory_labels, memory_e, margin, rule):
-    d2, ref_labels, usable = brute_references(labels, e, memory_labels, memory_e)
-    losses = []
-    for a in range(len(labels)):
-        positives = [p for p in usable[a] if ref_labels[p] == labels[a]]
-        negatives = [q for q in usable[a] if ref_labels[q] != labels[a]]
-        if not positives or not negatives:
-            continue
-        if rule == "batch-all":
-            losses += [max(0.0, d2[a, p] - d2[a, q] + margin)
-                       for p, q in itertools.product(positives, negatives)]
-        elif rule == "batch-hard":
-            losses.append(max(0.0, max(d2[a, p] for p in positives)
-                              - min(d2[a, q] for q in negatives) + margin))
-        else:  # semi-hard, with the farthest-negative fallback
-            for p in positives:
-                farther = [d2[a, q] for q in negatives if d2[a, q] > d2[a, p]]
-                d_an = min(farther) if farther else max(d2[a, q] for q in negatives)
-                losses.append(max(0.0, d2[a, p] - d_an + margin))
-    if rule == "batch-all":
-        losses = [value for value in losses if value > 0]
-    return float(np.mean(losses)) if losses else 0.0
-
-
-def brute_contrastive(labels, e, memory_labels, memory_e, margin):
-    d2, ref_labels, _ = brute_references(labels, e, memory_labels, memory_e)
-    b = len(labels)
-    pairs = [(i, j) for i in range(b) for j in range(i + 1, b + len(memory_labels))]
-    positive = [ij for ij in pairs if labels[ij[0]] == ref_labels[ij[1]]]
-    negative = sorted((ij for ij in pairs if labels[ij[0]] != ref_labels[ij[1]]),
-                      key=lambda ij: d2[ij])[:len(positive)]
-    d = np.sqrt(np.maximum(d2, 1e-9))
-    terms = ([0.5 * d[ij] ** 2 for ij in positive]
-             + [0.5 * max(0.0, margin - d[ij]) ** 2 for ij in negative])
-    return float(np.mean(terms)) if terms else 0.0
-
-
 def memory_cases():
     rng = np.random.default_rng(0)
     # (name, batch labels, batch embeddings, memory slots, entries written, memory labels)
@@ -152,7 +105,7 @@ def with_memory(case):
 def test_triplet_mining_against_memory_matches_enumeration(rule, case):
     memory, labels, e, memory_labels, memory_e = with_memory(case)
     got = float(online_triplet_loss(labels, e, 0.5, rule, memory.references(e, labels)))
-    want = brute_triplet(labels, e, memory_labels, memory_e, 0.5, rule)
+    want = brute_triplet(labels, e, 0.5, rule, memory_labels, memory_e)
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
@@ -160,7 +113,7 @@ def test_triplet_mining_against_memory_matches_enumeration(rule, case):
 def test_contrastive_mining_against_memory_matches_enumeration(case):
     memory, labels, e, memory_labels, memory_e = with_memory(case)
     got = float(online_contrastive_loss(labels, e, 2.0, memory.references(e, labels)))
-    want = brute_contrastive(labels, e, memory_labels, memory_e, 2.0)
+    want = brute_contrastive(labels, e, 2.0, memory_labels, memory_e)
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
@@ -213,7 +166,7 @@ def test_a_training_step_mines_against_the_memory_then_writes_the_batch(tmp_path
     assert entries_labels.tolist() == [2, 2, 1, 1, 0, 0]
     # The step's loss is the triplet loss against that memory, with the weights before it.
     e = model.get_layer("embedding")(x).numpy()
-    want = brute_triplet(y, e, entries_labels, entries_e, 0.5, "batch-hard")
+    want = brute_triplet(y, e, 0.5, "batch-hard", entries_labels, entries_e)
     assert float(model.train_on_batch(x, y)) == pytest.approx(want, rel=1e-4)
     assert memory.contents()[1].tolist() == [0, 0, 0, 0, 1, 1, 2, 2]  # the last 8
 

@@ -1,12 +1,12 @@
 """Online mining and online losses against brute-force enumeration over every pair and
 triplet of small batches (NumPy, float64)."""
 
-import itertools
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import brute_contrastive, brute_triplet
 from keras_siamese import mining
 from keras_siamese.losses import (OnlineContrastiveLoss, OnlineTripletLoss,
                                   online_contrastive_loss, online_triplet_loss)
@@ -15,43 +15,6 @@ from keras_siamese.losses import (OnlineContrastiveLoss, OnlineTripletLoss,
 def brute_d2(e):
     e = np.asarray(e, np.float64)
     return ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
-
-
-def brute_triplet(labels, e, margin, rule):
-    d2, n = brute_d2(e), len(labels)
-    losses = []
-    for a in range(n):
-        positives = [p for p in range(n) if p != a and labels[p] == labels[a]]
-        negatives = [q for q in range(n) if labels[q] != labels[a]]
-        if not positives or not negatives:
-            continue
-        if rule == "batch-all":
-            losses += [max(0.0, d2[a, p] - d2[a, q] + margin)
-                       for p, q in itertools.product(positives, negatives)]
-        elif rule == "batch-hard":
-            far = max(d2[a, p] for p in positives)
-            near = min(d2[a, q] for q in negatives)
-            losses.append(max(0.0, far - near + margin))
-        else:  # semi-hard, with the farthest-negative fallback
-            for p in positives:
-                farther = [d2[a, q] for q in negatives if d2[a, q] > d2[a, p]]
-                d_an = min(farther) if farther else max(d2[a, q] for q in negatives)
-                losses.append(max(0.0, d2[a, p] - d_an + margin))
-    if rule == "batch-all":
-        losses = [value for value in losses if value > 0]
-    return float(np.mean(losses)) if losses else 0.0
-
-
-def brute_contrastive(labels, e, margin):
-    d2, n = brute_d2(e), len(labels)
-    pairs = list(itertools.combinations(range(n), 2))
-    positive = [(i, j) for i, j in pairs if labels[i] == labels[j]]
-    negative = sorted(((i, j) for i, j in pairs if labels[i] != labels[j]),
-                      key=lambda ij: d2[ij])[:len(positive)]
-    d = np.sqrt(np.maximum(d2, 1e-9))
-    terms = ([0.5 * d[ij] ** 2 for ij in positive]
-             + [0.5 * max(0.0, margin - d[ij]) ** 2 for ij in negative])
-    return float(np.mean(terms)) if terms else 0.0
 
 
 def batches():
