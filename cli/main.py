@@ -126,7 +126,8 @@ def train(ctx, resume_folder, **options):
             [name for name in options
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE])
         if unused:
-            raise click.UsageError(f"{'; '.join(unused)}: drop {'it' if len(unused) == 1 else 'them'}")
+            pronoun = "it" if len(unused) == 1 else "them"
+            raise click.UsageError(f"{'; '.join(unused)}: drop {pronoun}")
     else:
         given = [f"--{name.replace('_', '-')}" for name in options
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
@@ -250,8 +251,8 @@ def reproduce(ctx, losses, datasets, epochs, seed, seeds, limit, embedding_dim, 
     seeds = seeds or (seed,)
     configs = grid_configs(losses, datasets, seeds, epochs=epochs, limit=limit,
                            embedding_dim=embedding_dim, precision=precision,
-                           lr_schedule=lr_schedule, output_dir=output_dir, log_dir=log_dir, data_dir=data_dir,
-                           overwrite=overwrite)
+                           lr_schedule=lr_schedule, output_dir=output_dir, log_dir=log_dir,
+                           data_dir=data_dir, overwrite=overwrite)
     # One seed keeps the command as it always read; several name them all.
     seed_option = (f"--seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else
                    f"--seed {seeds[0]}")

@@ -32,7 +32,8 @@ from keras_siamese.errors import ConfigError, OutputError
 from keras_siamese.outputs import atomic_path
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-BEGIN = "<!-- reproduce:{name} begin: written by `siamese-keras reproduce --readme`, do not edit -->"
+BEGIN = ("<!-- reproduce:{name} begin: written by `siamese-keras reproduce --readme`, "
+         "do not edit -->")
 END = "<!-- reproduce:{name} end -->"
 # Any marker line, to find the blocks of a README and to refuse unmatched ones.
 _MARKER = re.compile(r"^<!-- reproduce:([^ ]+) (begin|end)\b.*-->[ \t]*\r?$", re.MULTILINE)

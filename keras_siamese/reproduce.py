@@ -316,7 +316,8 @@ def results_markdown(results: dict, figure: str) -> str:
 def write_results(rows: list[dict], cells: list[Cell], settings: TrainConfig, out_dir: Path,
                   command: str) -> None:
     """``results.png``, ``results.json`` (how it was made, every run's metrics and code as
-    ``rows`` and every cell over seeds as ``cells``) and ``results.md``, rendered from that JSON."""
+    ``rows`` and every cell over seeds as ``cells``) and ``results.md``, rendered from
+    that JSON."""
     results_figure(cells, out_dir / "results.png")
     seeds = _seeds_of(cells)
     results = {
@@ -341,8 +342,10 @@ def code_version() -> str:
             return subprocess.run(["git", "-C", str(source), *args], capture_output=True,
                                   text=True, check=True, timeout=60).stdout.strip()
 
+        # The package's own checkout, not a repository that merely holds an installed copy.
+        git("ls-files", "--error-unmatch", "__init__.py")
         commit = git("rev-parse", "--short", "HEAD")
         changed = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+    except (OSError, subprocess.SubprocessError):  # no git, or not its checkout
         return f"keras-siamese {keras_siamese.__version__}"
     return f"commit {commit}" + (" + uncommitted changes" if changed else "")
