@@ -220,7 +220,8 @@ def results_figure(cells: list[Cell], path) -> None:
     plot_rows, chart_rows = len(datasets) * wraps, len(datasets) if several else 0
     plot_height = 5.2 if several else 4.6  # room for one number per line under the plot
     heights = [plot_height] * plot_rows + [3.6] * chart_rows
-    fig = new_figure((4.2 * columns, sum(heights)), 80)
+    # At least two plots wide: an interval chart's title and legend need the room.
+    fig = new_figure((4.2 * max(columns, 2), sum(heights)), 80)
     grid = fig.add_gridspec(plot_rows + chart_rows, columns, height_ratios=heights)
     for cell in cells:
         at = losses.index(cell.loss)
@@ -252,7 +253,7 @@ def _interval_chart(ax, dataset: str, cells: list[Cell], seeds: list[int]) -> No
                     label=label)
     ax.set_xticks(range(len(cells)), [cell.loss for cell in cells])
     ax.set_xlim(-0.5, len(cells) - 0.5)
-    ax.set_title(f"{dataset}: mean and Student's t 95 % interval over seeds "
+    ax.set_title(f"{dataset}\nmean and Student's t 95 % interval over seeds "
                  f"{', '.join(map(str, seeds))}", fontsize=12)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
