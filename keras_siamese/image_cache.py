@@ -203,6 +203,8 @@ def build(files, shape: tuple[int, int, int], image_size: int | None, root) -> D
                 leftover.unlink()
             except OSError:
                 pass
+        if not (folder / META).exists():  # failed or interrupted: leave no trace
+            shutil.rmtree(folder, ignore_errors=True)
     return DiskImages(pixels, (len(files), *shape))
 
 
