@@ -124,6 +124,41 @@ def test_a_folder_over_the_memory_budget_streams_without_being_asked(folder, cac
     assert not data.is_streamed(data.load_dataset(str(folder), image_size=32))
 
 
+def test_a_streamed_run_never_reads_more_than_a_block_of_images_at_once(tmp_path,
+                                                                       monkeypatch):
+    """Training, validation, the collapse monitor, the metrics, the frames and the
+    projector each read batches or blocks (here at most 196 images: an embedding batch at
+    64 x 64), never the 1,500 images of the folder at once: memory is bounded by those
+    buffers, not by the dataset."""
+    from keras_siamese import experiment
+    from keras_siamese.config import TrainConfig
+
+    rng = np.random.default_rng(7)
+    for c in range(3):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        base = rng.integers(0, 256, (64, 64, 3))
+        for i in range(500):
+            pixels = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "data" / f"c{c}" /
+                                                          f"{i:03d}.jpg")
+    monkeypatch.setenv(image_cache.CACHE_ENV, str(tmp_path / "cache"))
+    largest = []
+    take = DiskImages.take
+
+    def recorded(self, positions):
+        largest.append(len(positions))
+        return take(self, positions)
+
+    monkeypatch.setattr(DiskImages, "take", recorded)
+    monkeypatch.setattr(image_cache, "READ_BYTES", 64 * 64 * 3 * 100)  # blocks of 100
+    settings = TrainConfig(dataset=str(tmp_path / "data"), stream=True, epochs=1,
+                           batch_size=64, frame_images=30, output_dir=str(tmp_path / "out"),
+                           log_dir=str(tmp_path / "logs"))
+    result = experiment.run(settings)
+    assert result.metrics["train_images"] == 1200
+    assert largest and max(largest) <= 196, max(largest)
+
+
 def weights(run_dir):
     import keras
 
