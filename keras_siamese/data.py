@@ -19,6 +19,10 @@ Any other dataset is ``tfds:NAME``, a TFDS image-classification dataset already 
 on this machine, or the path of a folder with one sub-folder of images per class
 (:mod:`keras_siamese.image_folders`). Those without a test split of their own are split
 per class by :func:`split_by_class`; all are read at one square ``image_size`` if given.
+A class folder too large for memory (or with ``stream=True``) is read from an on-disk image
+cache instead (:mod:`keras_siamese.image_cache`): its images are then a
+:class:`~keras_siamese.image_cache.DiskImages`, not an array, so code that walks every image
+goes block by block (:func:`fingerprint`, :func:`pixel_statistics`).
 """
 
 from __future__ import annotations
