@@ -68,6 +68,23 @@ def test_streamed_images_are_the_in_memory_pixels(folder, cache):
     np.testing.assert_array_equal(streamed.x_train[4], held.x_train[4])
 
 
+def test_limits_and_held_out_classes_select_the_same_images(folder, cache):
+    from keras_siamese.splits import evaluation_sets, used_images
+
+    held = data.load_dataset(str(folder), image_size=32, stream=False)
+    streamed = data.load_dataset(str(folder), image_size=32, stream=True)
+    for holdout, limit in (((2,), None), ((), 21), ((0,), 12)):
+        a = evaluation_sets(used_images(held, holdout, limit, 4), holdout, limit, 4)
+        b = evaluation_sets(used_images(streamed, holdout, limit, 4), holdout, limit, 4)
+        assert isinstance(b.seen.train_images, DiskImages)
+        for split_a, split_b in ((a.seen, b.seen), (a.unseen, b.unseen)):
+            if split_a is None:
+                assert split_b is None
+                continue
+            for x, y in zip(vars(split_a).values(), vars(split_b).values()):
+                np.testing.assert_array_equal(np.asarray(y), x)
+
+
 @pytest.mark.parametrize("make", [
     lambda x, y: streams.pair_stream(x, y, 8, seed=3, start_epoch=1),
     lambda x, y: streams.triplet_stream(x, y, 8, seed=3),
