@@ -73,8 +73,8 @@ def frame_images(data: ImageData, count: int) -> FrameImages:
         count = most
     indices, _ = balanced_subset(np.arange(len(labels)), labels, count, FRAME_SEED)
     # np.asarray: a few thousand images, read once even where the dataset streams.
-    return FrameImages(indices, np.asarray(data.x_test[indices]), labels[indices], tuple(data.class_names),
-                       data.light_on_dark)
+    return FrameImages(indices, np.asarray(data.x_test[indices]), labels[indices],
+                       tuple(data.class_names), data.light_on_dark)
 
 
 @dataclasses.dataclass
