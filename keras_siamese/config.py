@@ -146,6 +146,13 @@ class TrainConfig:
     test_split: float = setting(0.2, "Share of each class held out for testing (fixed seed), "
                                 "for datasets without a test split of their own (class "
                                 "folders, some TFDS sets).")
+    stream: bool | None = setting(
+        None, "Read a class folder's images from disk as batches need them, not all held in "
+        "memory: the first run decodes them once into an image cache ($KERAS_SIAMESE_CACHE, "
+        "default ~/.cache/keras_siamese), later runs reuse it; same pixels, same results. "
+        "--no-stream holds them in memory or refuses.", switch=True,
+        default_text="on when the decoded images would take more than half the memory "
+        "available; MNIST, Fashion-MNIST and TFDS data are always held in memory")
     backbone: str = setting("small", "small: the study's 2-conv network; resnet: a small "
                             "ResNet (6 residual blocks, batch norm) for larger colour images.",
                             choices=BACKBONES)
@@ -189,6 +196,9 @@ class TrainConfig:
                               f"{', '.join(STRATEGIES)}")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"--image-size must be >= 16, got {self.image_size}")
+        if self.stream and (self.dataset in DATASETS or self.dataset.startswith("tfds:")):
+            raise ConfigError(f"--stream reads class folders from disk; {self.dataset} is "
+                              "always held in memory: leave --stream out")
         if not 0 < self.test_split < 1:
             raise ConfigError(f"--test-split must be between 0 and 1, got {self.test_split}")
         if self.mining not in mining_rules(self.loss):

@@ -19,6 +19,10 @@ Any other dataset is ``tfds:NAME``, a TFDS image-classification dataset already 
 on this machine, or the path of a folder with one sub-folder of images per class
 (:mod:`keras_siamese.image_folders`). Those without a test split of their own are split
 per class by :func:`split_by_class`; all are read at one square ``image_size`` if given.
+A class folder too large for memory (or with ``stream=True``) is read from an on-disk image
+cache instead (:mod:`keras_siamese.image_cache`): its images are then a
+:class:`~keras_siamese.image_cache.DiskImages`, not an array, so code that walks every image
+goes block by block (:func:`fingerprint`, :func:`pixel_statistics`).
 """
 
 from __future__ import annotations
@@ -99,19 +103,24 @@ class ImageData:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
                  image_size: int | None = None, test_split: float = 0.2,
-                 resize: bool = True) -> ImageData:
+                 resize: bool = True, stream: bool | None = None) -> ImageData:
     """Load a dataset by ``name``: ``mnist`` or ``fashion_mnist`` from the first source that
     has it, ``tfds:NAME``, or a class-folder path (see module doc). ``test_split`` is the
     share of each class held out for testing where a dataset has no test split. With
     ``resize=False``, data that comes at a fixed size of its own keeps it (a caller that
-    uses part of it resizes that part with :func:`resize_dataset`)."""
+    uses part of it resizes that part with :func:`resize_dataset`).
+
+    A class folder's images stream from disk (:class:`image_cache.DiskImages` in place of
+    the arrays) with ``stream=True``, or, with ``stream=None``, when holding them decoded
+    would take more than :func:`memory.image_budget`; ``stream=False`` holds them in memory
+    or refuses with OutOfMemoryError. Other datasets are always held in memory."""
     if name.startswith(TFDS_PREFIX):
         data = _load_tfds_classification(name[len(TFDS_PREFIX):], data_dir, image_size,
                                          test_split)
     elif name in IDX_MD5:
         data = _load_builtin(name, data_dir)
     else:
-        data = _load_class_folders(Path(name), image_size, test_split)
+        data = _load_class_folders(Path(name), image_size, test_split, stream)
     return resize_dataset(data, image_size) if resize else data
 
 
@@ -186,22 +195,55 @@ def resize_images(images: np.ndarray, height: int, width: int | None = None) -> 
                                                                  -1)
 
 
-def _load_class_folders(root: Path, image_size, test_split: float) -> ImageData:
-    from keras_siamese import image_folders
+def _load_class_folders(root: Path, image_size, test_split: float,
+                        stream: bool | None = None) -> ImageData:
+    from keras_siamese import image_cache, image_folders
 
     files, labels, class_names = image_folders.list_class_folders(root)
+    # A whole cache of exactly these files knows their format: no header pass needed.
+    cached = image_cache.find(files, image_size) if stream is not False else None
     # Every header first (a broken or oversized file is named before anything else), then
     # the class sizes, then the pixels.
-    shape = image_folders.image_format(files, image_size, DEFAULT_IMAGE_SIZE)
+    shape = cached.image_shape if cached else image_folders.image_format(
+        files, image_size, DEFAULT_IMAGE_SIZE)
     test = _split_class_folders(root, files, labels, class_names, test_split)
-    memory.require(memory.image_bytes(len(files), *shape),
-                   f"holding {len(files)} images of {'x'.join(map(str, shape))}",
-                   "lower --image-size or use a smaller folder")
-    images = image_folders.read_images(files, *shape)
-    log.info("read %d images of %d classes from %s at %s", len(files), len(class_names),
-             root, "x".join(map(str, shape)))
+    needed = memory.image_bytes(len(files), *shape)
+    if stream is None:
+        stream = needed > memory.image_budget()
+    if stream:
+        images = cached or image_cache.build(files, shape, image_size, root)
+        log.info("streaming %d images of %d classes from %s at %s (cache %s)", len(files),
+                 len(class_names), root, "x".join(map(str, shape)), images.path.parent)
+    else:
+        memory.require(needed, f"holding {len(files)} images of {'x'.join(map(str, shape))}",
+                       "lower --image-size or use a smaller folder")
+        images = image_folders.read_images(files, *shape)
+        log.info("read %d images of %d classes from %s at %s", len(files), len(class_names),
+                 root, "x".join(map(str, shape)))
     return ImageData(images[~test], labels[~test], images[test], labels[test], class_names,
                      source=str(root))
+
+
+def is_streamed(data: ImageData) -> bool:
+    """True when ``data``'s images are read from disk as needed, not held in memory."""
+    from keras_siamese.image_cache import DiskImages
+
+    return isinstance(data.x_train, DiskImages)
+
+
+def pixel_statistics(images) -> tuple[float, float]:
+    """Mean and standard deviation of all pixel values of uint8 ``images`` (an array or
+    :class:`image_cache.DiskImages`), from their exact histogram: the same figures however
+    the images are held or walked through (a float sum would depend on its order)."""
+    from keras_siamese.image_cache import chunks
+
+    counts = np.zeros(256, np.int64)
+    for block in chunks(images):
+        counts += np.bincount(block.reshape(-1), minlength=256)
+    values = np.arange(256, dtype=np.float64)
+    total = counts.sum()
+    mean = float((counts * values).sum() / total)
+    return mean, float(np.sqrt((counts * (values - mean) ** 2).sum() / total))
 
 
 # Pairs and triplets need two images of a class on each side: two to train on (a positive
@@ -473,11 +515,14 @@ def fingerprint(data: ImageData) -> dict:
 
     It covers every source alike: a class folder that gained, lost or renamed a file (which
     also moves its fixed train/test split), a replaced idx file, another TFDS version."""
+    from keras_siamese.image_cache import chunks
+
     digest = hashlib.sha256()
     for array in (data.x_train, data.y_train, data.x_test, data.y_test):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(f"{np.dtype(array.dtype)}{array.shape}".encode())
+        # Block by block: streamed images are never all in memory at once.
+        for block in chunks(array):
+            digest.update(memoryview(np.ascontiguousarray(block)).cast("B"))
     digest.update("\n".join(data.class_names).encode("utf-8", "surrogateescape"))
     return {"train_images": int(len(data.y_train)), "test_images": int(len(data.y_test)),
             "classes": data.num_classes, "sha256": digest.hexdigest()}

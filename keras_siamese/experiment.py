@@ -45,7 +45,7 @@ from keras_siamese import (checkpoint, distribute, export, latent, memory, model
 from keras_siamese import run_folder
 from keras_siamese.callbacks import CollapseMonitor, HistoryCSV, monitor_sample
 from keras_siamese.config import TrainConfig
-from keras_siamese.data import fingerprint as data_fingerprint
+from keras_siamese.data import fingerprint as data_fingerprint, pixel_statistics
 from keras_siamese.errors import (CollapseError, ConfigError, DataError, Interrupted,
                                   OutOfMemoryError, OutputError, SiameseError)
 from keras_siamese.evaluation import EvaluationLog, evaluate, log_scalars
@@ -287,8 +287,8 @@ def _train(config: TrainConfig, strategy, resume: bool, chief: bool = True,
     config.model_variant.check(config, sets.seen)
     steps = streams.steps_per_epoch(len(sets.seen.train_labels), config.training_batch_size)
     model = _model(config, strategy, saved, start_epoch, NetSpec(
-        sets.seen.train_images.shape[1:], float(sets.seen.train_images.mean()),
-        float(sets.seen.train_images.std()), data.num_classes), steps)
+        sets.seen.train_images.shape[1:], *pixel_statistics(sets.seen.train_images),
+        data.num_classes), steps)
     _check_training_memory(config, model)
     if chief:
         _create_folders(config, record, fingerprint, resume)

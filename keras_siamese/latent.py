@@ -72,8 +72,9 @@ def frame_images(data: ImageData, count: int) -> FrameImages:
                  most, count, per_class.min())
         count = most
     indices, _ = balanced_subset(np.arange(len(labels)), labels, count, FRAME_SEED)
-    return FrameImages(indices, data.x_test[indices], labels[indices], tuple(data.class_names),
-                       data.light_on_dark)
+    # np.asarray: a few thousand images, read once even where the dataset streams.
+    return FrameImages(indices, np.asarray(data.x_test[indices]), labels[indices],
+                       tuple(data.class_names), data.light_on_dark)
 
 
 @dataclasses.dataclass

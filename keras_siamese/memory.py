@@ -20,9 +20,10 @@ grew by about 9 GiB once training (resident 18.6 GiB), where 3 x 4 bytes per val
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
-from keras_siamese.errors import OutOfMemoryError
+from keras_siamese.errors import ConfigError, OutOfMemoryError
 
 GIB = 1024**3
 
@@ -47,6 +48,26 @@ def available_bytes() -> int | None:
         except (OSError, ValueError):
             continue
     return min(found) if found else None
+
+
+IMAGE_BUDGET_ENV = "KERAS_SIAMESE_IMAGE_MEMORY"
+# Decoded images may take this share of the memory available: training needs the rest.
+IMAGE_SHARE = 0.5
+
+
+def image_budget() -> float:
+    """Bytes of decoded images a run may hold in memory; a class folder that needs more
+    streams from disk (:mod:`image_cache`). ``$KERAS_SIAMESE_IMAGE_MEMORY`` (bytes) sets
+    it; else half of :func:`available_bytes` (unlimited where that is unknown)."""
+    given = os.environ.get(IMAGE_BUDGET_ENV)
+    if given:
+        try:
+            return float(int(given))
+        except ValueError:
+            raise ConfigError(f"{IMAGE_BUDGET_ENV}={given!r}: give a number of bytes") \
+                from None
+    available = available_bytes()
+    return math.inf if available is None else available * IMAGE_SHARE
 
 
 def image_bytes(count: int, height: int, width: int, channels: int) -> int:

@@ -29,7 +29,8 @@ import numpy as np
 from keras_siamese import memory, models
 from keras_siamese.checkpoint import load_keras_file
 from keras_siamese.config import TrainConfig
-from keras_siamese.data import ImageData, fingerprint, load_dataset, resize_dataset
+from keras_siamese.data import (ImageData, fingerprint, is_streamed, load_dataset,
+                                resize_dataset)
 from keras_siamese.errors import ConfigError, DataError, SiameseError
 from keras_siamese.outputs import write_json, write_text
 from keras_siamese.report import json_safe
@@ -136,16 +137,17 @@ def load_run_data(config: TrainConfig) -> ImageData:
     resized to ``--image-size``, once the memory for it is known to be there. ConfigError
     where the images cannot work with its model."""
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.test_split,
-                        resize=False)
+                        resize=False, stream=config.stream)
     data = used_images(data, config.holdout_classes, config.limit, config.seed)
     height, width, channels = data.x_train.shape[1:]
     if config.image_size is not None:
         height = width = config.image_size
     count = len(data.y_train) + len(data.y_test)
-    memory.require(memory.image_bytes(count, height, width, channels),
-                   f"holding {count} images of {height}x{width}x{channels}",
-                   "lower --image-size or --limit")
-    data = resize_dataset(data, config.image_size)
+    if not is_streamed(data):  # streamed images are read at their size, a batch at a time
+        memory.require(memory.image_bytes(count, height, width, channels),
+                       f"holding {count} images of {height}x{width}x{channels}",
+                       "lower --image-size or --limit")
+        data = resize_dataset(data, config.image_size)
     variant = variant_of(config.loss, config.mining)
     if height % variant.image_multiple or width % variant.image_multiple:
         raise ConfigError(f"--loss {variant.name} needs image sides that are multiples of "

@@ -55,11 +55,17 @@ def training_split(data: ImageData, holdout_classes=(), limit: int | None = None
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The training images and labels a run uses: without the held-out classes, then the
     class-balanced ``limit`` subset drawn with ``seed``."""
-    keep = ~np.isin(data.y_train, holdout_classes)
-    x, y = data.x_train[keep], data.y_train[keep]
-    if limit is not None and limit < len(y):
-        x, y = balanced_subset(x, y, limit, seed)
-    return x, y
+    rows = _training_rows(data, holdout_classes, limit, seed)
+    return data.x_train[rows], data.y_train[rows]
+
+
+def _training_rows(data: ImageData, holdout_classes, limit: int | None, seed: int):
+    """Positions in ``data.x_train`` of :func:`training_split`'s images, in order: rows
+    rather than pixels, so streamed images (:mod:`image_cache`) are selected, not read."""
+    rows = np.flatnonzero(~np.isin(data.y_train, holdout_classes))
+    if limit is not None and limit < len(rows):
+        rows, _ = balanced_subset(rows, data.y_train[rows], limit, seed)
+    return rows
 
 
 def used_images(data: ImageData, holdout_classes=(), limit: int | None = None,
@@ -68,10 +74,9 @@ def used_images(data: ImageData, holdout_classes=(), limit: int | None = None,
     followed by the held-out classes' images (their gallery). :func:`evaluation_sets` of
     the result equals that of ``data``; a run keeps no more than this in memory."""
     holdout = check_holdout(data, holdout_classes)
-    x, y = training_split(data, holdout, limit, seed)
-    unseen = np.isin(data.y_train, holdout)
-    return dataclasses.replace(data, x_train=np.concatenate([x, data.x_train[unseen]]),
-                               y_train=np.concatenate([y, data.y_train[unseen]]))
+    rows = np.concatenate([_training_rows(data, holdout, limit, seed),
+                           np.flatnonzero(np.isin(data.y_train, holdout))])
+    return dataclasses.replace(data, x_train=data.x_train[rows], y_train=data.y_train[rows])
 
 
 def evaluation_sets(data: ImageData, holdout_classes=(), limit: int | None = None,

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_siamese.errors import ConfigError, DataError
+from keras_siamese.image_cache import DiskImages
 
 EVAL_SEED = 20061984  # fixed: the evaluation examples never depend on the training seed
 AUTOTUNE = tf.data.AUTOTUNE
@@ -145,7 +146,22 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
-def _gatherer(images: np.ndarray):
+def _gatherer(images):
+    """Index batch -> float32 pixels: gathered from a constant of in-memory images, or
+    read row by row from streamed ones (:class:`image_cache.DiskImages`), which are never
+    all in memory; both give the same values."""
+    if isinstance(images, DiskImages):
+        shape = images.image_shape
+
+        def read(idx):
+            # stateful=False: the rows are a pure function of idx, so tf.data may run
+            # batches in parallel (their order is kept: deterministic).
+            pixels = tf.numpy_function(images.take, [idx], tf.uint8, stateful=False)
+            pixels.set_shape((None, *shape))
+            return tf.cast(pixels, tf.float32)
+
+        return read
+
     pixels = tf.constant(images)  # uint8, kept once in memory; batches are gathered from it
 
     def gather(idx):
