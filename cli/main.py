@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import click
 
@@ -399,13 +400,30 @@ def _interrupt(signum, frame):
     second while that clean-up runs is ignored (raised inside the clean-up it would leave
     a half-removed run and a traceback); a third ends the process at once."""
     global _interrupts
+    if _interrupts == 0 and inside_finaliser(frame):
+        # Raised here, KeyboardInterrupt would be printed as "Exception ignored in ..." and
+        # lost: deliver the signal again once the finaliser has returned.
+        again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
     _interrupts += 1
     if _interrupts == 1:
-        STOP_REQUESTED.set()
+        STOP_REQUESTED.set()  # in case a library swallows the KeyboardInterrupt all the same
         raise KeyboardInterrupt
     if _interrupts >= 3:
         click.echo(f"{PROG}: interrupted again: stopping without cleaning up", err=True)
         os._exit(130)
+
+
+def inside_finaliser(frame) -> bool:
+    """Whether ``frame`` runs inside a ``__del__`` (garbage collection can run one at any
+    point, e.g. a ``zipfile`` closing itself), where an exception cannot propagate."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def describe_os_error(error: OSError) -> str:

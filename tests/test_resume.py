@@ -153,6 +153,26 @@ def test_a_lost_ctrl_c_still_stops_training_at_the_next_step(tmp_path):
     assert counter.steps == 2
 
 
+def test_a_signal_inside_a_finaliser_is_delivered_again_outside_it():
+    """The handler sees the frame it interrupts: inside a ``__del__`` (where the
+    KeyboardInterrupt of the test above would be lost) it sends the signal again later."""
+    import sys
+
+    from keras_siamese.cli.main import inside_finaliser
+
+    seen = []
+
+    class Probe:
+        def __del__(self):
+            seen.append(inside_finaliser(sys._getframe()))
+
+    def nested():
+        return inside_finaliser(sys._getframe())
+
+    Probe()  # collected at once: its __del__ runs here
+    assert seen == [True] and nested() is False
+
+
 def test_an_exploding_run_stops_with_one_clear_line(tmp_path):
     result = run_cli("train", "--learning-rate", "1e30", "--limit", "600", "--epochs", "2",
                      "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs")
