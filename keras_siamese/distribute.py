@@ -12,9 +12,9 @@
 averages their gradients, so the same seed trains the same model up to the order of
 floating-point sums. Only the chief (task ``chief``, else ``worker`` 0) writes outputs.
 
-Keras 3's ``fit`` has two bugs under multi-worker ``MultiWorkerMirroredStrategy``
-(keras-team/keras#20585, tensorflow/tensorflow#72388), mended by
-:func:`_mend_keras_multi_worker_fit` and only there.
+Keras 3's ``fit`` has two bugs under ``tf.distribute`` (keras-team/keras#20585,
+tensorflow/tensorflow#72388), mended by :func:`_mend_keras_distributed_fit` under these
+strategies only.
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
             [d.name for d in tf.config.list_logical_devices("CPU")]
         log.info("mirrored strategy over %s", ", ".join(devices))
-        return tf.distribute.MirroredStrategy(devices)
+        strategy = tf.distribute.MirroredStrategy(devices)
+        _mend_keras_distributed_fit()
+        return strategy
     task = _task()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    _mend_keras_multi_worker_fit()
+    _mend_keras_distributed_fit()
     log.info("multi-worker strategy: %s %d of %d replicas", task.get("type"),
              task.get("index", 0), strategy.num_replicas_in_sync)
     return strategy
@@ -105,13 +107,16 @@ def _task() -> dict:
     return task
 
 
-def _mend_keras_multi_worker_fit() -> None:
-    """Keras 3's TensorFlow trainer fails under multi-worker MirroredStrategy:
+def _mend_keras_distributed_fit() -> None:
+    """Keras 3's TensorFlow trainer fails under ``tf.distribute``:
 
-    1. ``_maybe_symbolic_build`` all-reduces the first batch to learn its shapes, with a
-       nested ``strategy.reduce`` that collective ops reject (``ValueError: Attempt to
-       convert a value (PerReplica...)``). Any one replica's batch has the shapes.
-    2. ``reduce_per_replica`` averages each step's scalar loss and metrics with
+    1. ``_maybe_symbolic_build`` averages the first batch across replicas to learn its
+       shapes. Under multi-worker, collective ops reject that nested ``strategy.reduce``
+       (``ValueError: Attempt to convert a value (PerReplica...)``); under ``mirrored``
+       it fails whenever the first validation batch splits unevenly (15 images on two
+       replicas: ``AddN ... [8,32,32,1] != [7,32,32,1]``). Any one replica's batch has
+       the shapes.
+    2. Multi-worker only: ``reduce_per_replica`` averages each step's scalar loss and metrics with
        ``strategy.reduce("MEAN", v, axis=0)``, which fails on 0-d values ("Invalid
        reduction dimension 0"). ``axis=None`` is the mean across replicas that the
        single-worker path computes.
@@ -127,7 +132,7 @@ def _mend_keras_multi_worker_fit() -> None:
     if not all(hasattr(trainer, name) for name in
                ("reduce_per_replica", "_collective_all_reduce_multi_worker")) or \
             not hasattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build"):
-        log.warning("Keras %s's trainer has changed: multi-worker fit runs unmended",
+        log.warning("Keras %s's trainer has changed: distributed fit runs unmended",
                     keras.__version__)
         return
     original_reduce = trainer.reduce_per_replica

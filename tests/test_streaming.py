@@ -245,10 +245,10 @@ def test_evaluate_reads_a_streamed_run_to_its_own_metrics(runs):
 
 def test_a_streamed_run_on_two_replicas_equals_the_in_memory_one(folder, tmp_path):
     """``--strategy mirrored`` on two logical CPUs: the rows are read before the batches
-    are split between the replicas. (18 test images: every batch splits evenly; a batch
-    of 15 fails with AddN shape errors under this strategy, streamed or not.)"""
+    are split between the replicas. The 15 test images form one validation batch that
+    splits 8 / 7, which Keras' own first-batch shape check failed on (AddN shape error,
+    mended in :mod:`keras_siamese.distribute`)."""
     common = ["--dataset", folder, *ARGS, "--epochs", "2", "--strategy", "mirrored",
-              "--test-split", "0.25",
               "--no-frames", "--no-projector", "--no-export", "--output-dir", tmp_path / "out",
               "--log-dir", tmp_path / "logs"]
     env = {image_cache.CACHE_ENV: str(tmp_path / "cache"), "KERAS_SIAMESE_CPU_DEVICES": "2"}
