@@ -29,18 +29,29 @@ def error_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("siamese-keras:")]
 
 
-def run_main(capsys, *args) -> tuple[int, list[str]]:
+def main_result(capsys, *args) -> subprocess.CompletedProcess:
     """The command line's ``main(args)`` in this process (no 5 s TensorFlow start-up per
-    call): its exit code and the lines it wrote to stderr. Its signal handlers are undone."""
+    call), as :func:`run_cli` reports a process: exit code, stdout and stderr. Its signal
+    handlers are undone. For refusals and short commands; the process-level behaviour
+    (exit status, TensorFlow's own stderr lines) is checked through the console script."""
     from keras_siamese.cli.main import main
 
+    args = [str(a) for a in args]
+    capsys.readouterr()  # drop what the test printed before
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = main([str(a) for a in args])
+        code = main(args)
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-    return code, capsys.readouterr().err.splitlines()
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def run_main(capsys, *args) -> tuple[int, list[str]]:
+    """:func:`main_result`'s exit code and the lines written to stderr."""
+    result = main_result(capsys, *args)
+    return result.returncode, result.stderr.splitlines()
 
 
 def file_hashes(*roots) -> dict:

@@ -3,9 +3,10 @@ CMYK images, decompression bombs, modes without a 0..255 scale, broken files, Li
 names that are not UTF-8, classes too small to train, ``.npy`` arrays that are not raw
 pixels, and ``embed --out`` naming one of its own inputs.
 
-Every refusal is checked as a user meets it: the real CLI, its exit code, exactly one
-``siamese-keras: error:`` line with the expected words, no traceback, and every file that
-was there before byte-for-byte unchanged."""
+Every refusal is checked as a user meets it: the command line's own ``main`` (in this
+process, to spare a TensorFlow start-up per case; runs that train use the console script),
+its exit code, exactly one ``siamese-keras: error:`` line with the expected words, no
+traceback, and every file that was there before byte-for-byte unchanged."""
 
 import io
 import json
@@ -20,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_refused, file_hashes, run_cli, stop_after_first_checkpoint
+from helpers import (assert_refused, file_hashes, main_result, run_cli,
+                     stop_after_first_checkpoint)
 from keras_siamese import data, image_folders
 from keras_siamese.errors import DataError
 
@@ -89,9 +91,12 @@ def class_folders(root: Path, sizes: dict, side: int = 28) -> Path:
     return root
 
 
-def train(root: Path, dataset: Path, *options):
-    return run_cli("train", "--dataset", dataset, "--output-dir", root / "out", "--log-dir",
-                   root / "logs", *options)
+def train(root: Path, dataset: Path, *options, capsys=None):
+    """``siamese-keras train`` on ``dataset``: in this process when given ``capsys`` (for
+    refusals, which stop before training), else through the console script."""
+    args = ["train", "--dataset", dataset, "--output-dir", root / "out", "--log-dir",
+            root / "logs", *options]
+    return main_result(capsys, *args) if capsys else run_cli(*args)
 
 
 # --- one small trained run on a dataset with names that are not UTF-8 -------------------
@@ -272,13 +277,13 @@ BAD_FILES = {  # file -> (how to write it, what the one line says)
 
 
 @pytest.mark.parametrize("name", BAD_FILES)
-def test_a_bad_file_in_a_class_folder_is_named(tmp_path, name):
+def test_a_bad_file_in_a_class_folder_is_named(capsys, tmp_path, name):
     """A decompression bomb, a 32-bit TIFF named .png, a PNG broken inside its data."""
     dataset = class_folders(tmp_path / "photos", {"a": 5, "b": 5})
     write, words = BAD_FILES[name]
     write(dataset / name)
     before = file_hashes(dataset)
-    result = train(tmp_path, dataset, "--epochs", "1")
+    result = train(tmp_path, dataset, "--epochs", "1", capsys=capsys)
     assert_refused(result, 1, f"{dataset / name}{words[0]}", *words[1:])
     assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
 
@@ -287,13 +292,13 @@ def test_a_bad_file_in_a_class_folder_is_named(tmp_path, name):
     ({"cats": 6, "two": 2}, "class 'two' has 2 images"),
     ({CAFE: 3, "plain": 6}, "class 'caf\\xe9' has 3 images"),
 ])
-def test_a_class_too_small_to_train_is_named_by_its_folder(tmp_path, sizes, named):
+def test_a_class_too_small_to_train_is_named_by_its_folder(capsys, tmp_path, sizes, named):
     """Pairs need two training images of a class and the fixed test pairs two test images:
     four in all. The error names the folder, not a class number."""
     dataset = class_folders(tmp_path / "photos", sizes)
     small = image_folders.display_name(min(sizes, key=sizes.get))
     before = file_hashes(dataset)
-    result = train(tmp_path, dataset, "--epochs", "1")
+    result = train(tmp_path, dataset, "--epochs", "1", capsys=capsys)
     assert_refused(result, 1, named, "each class needs at least 4 (2 to train on, 2 to test on)",
                    f"add images to {dataset / small}")
     assert file_hashes(dataset) == before and not (tmp_path / "out" / "contrastive_photos").exists()
@@ -311,11 +316,13 @@ def test_four_images_are_enough_for_a_class(tmp_path):
 
 # --- the CLI: embed ------------------------------------------------------------------------
 
-def embed(run, *args):
-    return run_cli("embed", run, *map(str, args))
+def embed(capsys, run, *args):
+    """``siamese-keras embed`` in this process (each call would otherwise spend 5 s
+    starting TensorFlow)."""
+    return main_result(capsys, "embed", run, *args)
 
 
-def test_embed_reads_16_bit_and_palette_images_as_their_8_bit_pixels(names_run, tmp_path):
+def test_embed_reads_16_bit_and_palette_images_as_their_8_bit_pixels(capsys, names_run, tmp_path):
     run = names_run[0]
     rng = np.random.default_rng(1)
     wide = rng.integers(0, 65536, (28, 28)).astype(np.uint16)
@@ -327,27 +334,27 @@ def test_embed_reads_16_bit_and_palette_images_as_their_8_bit_pixels(names_run, 
     palette.save(tmp_path / "palette.png", transparency=5)
     gray = np.asarray(Image.fromarray(colours[indices]).convert("L"))
     np.save(tmp_path / "expected.npy", np.stack([(wide.astype(np.int64) + 128) // 257, gray]))
-    result = embed(run, tmp_path / "deep.png", tmp_path / "palette.png",
+    result = embed(capsys, run, tmp_path / "deep.png", tmp_path / "palette.png",
                    tmp_path / "expected.npy", "--out", tmp_path / "e.npy")
     assert result.returncode == 0, result.stderr[-3000:]
     embeddings = np.load(tmp_path / "e.npy")
     np.testing.assert_allclose(embeddings[:2], embeddings[2:], atol=1e-6)
 
 
-def test_embed_refuses_a_decompression_bomb(names_run, tmp_path):
+def test_embed_refuses_a_decompression_bomb(capsys, names_run, tmp_path):
     (tmp_path / "huge.png").write_bytes(bomb_png())
     before = file_hashes(tmp_path, names_run[0])
-    result = embed(names_run[0], tmp_path / "huge.png", "--out", tmp_path / "e.csv")
+    result = embed(capsys, names_run[0], tmp_path / "huge.png", "--out", tmp_path / "e.csv")
     assert_refused(result, 1, f"{tmp_path / 'huge.png'}: 20,000 x 20,000 pixels is over the "
                    "178,956,970 pixels Pillow reads")
     assert file_hashes(tmp_path, names_run[0]) == before and not (tmp_path / "e.csv").exists()
 
 
-def test_embed_refuses_a_float_image(names_run, tmp_path):
+def test_embed_refuses_a_float_image(capsys, names_run, tmp_path):
     tiff_as_png(tmp_path / "depth.png", np.linspace(0, 1, 28 * 28, dtype=np.float32)
                 .reshape(28, 28))
     before = file_hashes(tmp_path)
-    result = embed(names_run[0], tmp_path / "depth.png", "--out", tmp_path / "e.csv")
+    result = embed(capsys, names_run[0], tmp_path / "depth.png", "--out", tmp_path / "e.csv")
     assert_refused(result, 1, f"{tmp_path / 'depth.png'}: TIFF of mode F (32-bit float pixels)")
     assert file_hashes(tmp_path) == before
 
@@ -362,23 +369,23 @@ def test_embed_refuses_a_float_image(names_run, tmp_path):
      "holds 780 values outside 0..255 (from 0 to 62640); the model takes raw pixels "
      "0..255; scale 16-bit images with * 255 / 65535"),
 ])
-def test_embed_refuses_arrays_that_are_not_pixels_0_to_255(names_run, tmp_path, name, array,
+def test_embed_refuses_arrays_that_are_not_pixels_0_to_255(capsys, names_run, tmp_path, name, array,
                                                            words):
     np.save(tmp_path / name, array)
     before = file_hashes(tmp_path, names_run[0])
-    result = embed(names_run[0], tmp_path / name, "--out", tmp_path / "e.csv")
+    result = embed(capsys, names_run[0], tmp_path / name, "--out", tmp_path / "e.csv")
     assert_refused(result, 1, f"{tmp_path / name}: {words}")
     assert file_hashes(tmp_path, names_run[0]) == before and not (tmp_path / "e.csv").exists()
 
 
-def test_embed_refuses_an_npz_or_empty_file_named_npy(names_run, tmp_path):
+def test_embed_refuses_an_npz_or_empty_file_named_npy(capsys, names_run, tmp_path):
     np.savez(tmp_path / "archive", images=np.zeros((1, 28, 28), np.uint8))
     (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
     (tmp_path / "empty.npy").write_bytes(b"")
     before = file_hashes(tmp_path)
     for name, words in [("archive.npy", "a .npz archive, not a .npy array"),
                         ("empty.npy", "cannot read this .npy file")]:
-        result = embed(names_run[0], tmp_path / name, "--out", tmp_path / "e.csv")
+        result = embed(capsys, names_run[0], tmp_path / name, "--out", tmp_path / "e.csv")
         assert_refused(result, 1, f"{tmp_path / name}: {words}")
     assert file_hashes(tmp_path) == before
 
@@ -402,7 +409,7 @@ def _inputs(tmp_path) -> Path:
     (lambda t: (t / "in" / "names.npy").symlink_to(t / "e.npy.names.txt"), ["in/names.npy"],
      "e.npy", "--out {t}/e.npy (its names file {t}/e.npy.names.txt) is the input"),
 ])
-def test_embed_refuses_an_output_that_is_one_of_its_inputs(names_run, tmp_path, arrange,
+def test_embed_refuses_an_output_that_is_one_of_its_inputs(capsys, names_run, tmp_path, arrange,
                                                            inputs, out, words):
     _inputs(tmp_path)
     np.save(tmp_path / "e.npy", np.zeros((2, 28, 28), np.uint8))  # an earlier output
@@ -410,16 +417,18 @@ def test_embed_refuses_an_output_that_is_one_of_its_inputs(names_run, tmp_path, 
     if arrange:
         arrange(tmp_path)
     before = file_hashes(tmp_path)
-    result = embed(names_run[0], *[tmp_path / i for i in inputs], "--out", tmp_path / out)
+    result = embed(capsys, names_run[0], *[tmp_path / i for i in inputs], "--out",
+                   tmp_path / out)
     assert_refused(result, 2, words.format(t=tmp_path), "choose another output file")
     assert file_hashes(tmp_path) == before
 
 
-def test_embed_checks_its_output_before_loading_the_model(tmp_path):
+def test_embed_checks_its_output_before_loading_the_model(capsys, tmp_path):
     """The same refusal with a MODEL that is no model: the output was checked first."""
     _inputs(tmp_path)
     before = file_hashes(tmp_path)
-    result = embed(tmp_path, tmp_path / "in" / "batch.npy", "--out", tmp_path / "in/batch.npy")
+    result = embed(capsys, tmp_path, tmp_path / "in" / "batch.npy", "--out",
+                   tmp_path / "in/batch.npy")
     assert_refused(result, 2, "is the input")
     assert file_hashes(tmp_path) == before
 
@@ -436,13 +445,13 @@ def test_check_output_sees_hard_links_and_lets_new_files_pass(tmp_path):
     assert check_output(tmp_path / "a.csv", [tmp_path / "a.npy"]) == tmp_path / "a.csv"
 
 
-def test_embed_names_that_are_not_utf8_are_escaped_in_its_output(names_run, names_data,
+def test_embed_names_that_are_not_utf8_are_escaped_in_its_output(capsys, names_run, names_data,
                                                                  tmp_path):
     folder = tmp_path / CAFE
     folder.mkdir()
     (folder / BAD_FILE).write_bytes((names_data / "plain" / BAD_FILE).read_bytes())
     (folder / "tab\there.png").write_bytes((names_data / "zeta" / "01.png").read_bytes())
-    result = embed(names_run[0], folder, "--out", tmp_path / "e.csv")
+    result = embed(capsys, names_run[0], folder, "--out", tmp_path / "e.csv")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (tmp_path / "e.csv").read_text(encoding="utf-8").splitlines()
     assert [row.split(",")[0] for row in rows] == [
