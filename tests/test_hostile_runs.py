@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CLI, assert_refused, file_hashes, run_cli, run_main
+from helpers import CLI, assert_refused, file_hashes, main_result, run_cli, run_main
 from keras_siamese.checkpoint import HOLD_AFTER_EPOCH
 from keras_siamese.run_lock import lock_path
 
@@ -42,31 +42,32 @@ def run_copy(finished, tmp_path):
 
 # --- export never destroys a folder it was not asked to replace ----------------------------
 
-def test_export_refuses_a_folder_of_documents(finished, tmp_path):
+def test_export_refuses_a_folder_of_documents(capsys, finished, tmp_path):
     docs = tmp_path / "documents"
     docs.mkdir()
     (docs / "thesis.txt").write_text("years of work")
     before = file_hashes(tmp_path)
-    assert_refused(run_cli("export", finished, "--out", docs), 2,
+    assert_refused(main_result(capsys, "export", finished, "--out", docs), 2,
                    "holds other files (not an earlier export of this run)", "--overwrite")
     assert file_hashes(tmp_path) == before
 
 
 @pytest.mark.parametrize("where", ["run", "output root", "its parent"])
-def test_export_never_replaces_the_run_or_a_folder_holding_it(run_copy, where):
+def test_export_never_replaces_the_run_or_a_folder_holding_it(capsys, run_copy, where):
     target = {"run": run_copy, "output root": run_copy.parent,
               "its parent": run_copy.parent.parent}[where]
     before = file_hashes(run_copy.parent)
     for extra in ([], ["--overwrite"]):
-        assert_refused(run_cli("export", run_copy, "--out", target, *extra), 2,
+        assert_refused(main_result(capsys, "export", run_copy, "--out", target, *extra), 2,
                        "would replace the run folder")
     assert file_hashes(run_copy.parent) == before
 
 
-def test_export_refuses_a_file(finished, tmp_path):
+def test_export_refuses_a_file(capsys, finished, tmp_path):
     target = tmp_path / "model.bin"
     target.write_bytes(b"not a folder")
-    assert_refused(run_cli("export", finished, "--out", target), 2, "is a file, not a folder")
+    assert_refused(main_result(capsys, "export", finished, "--out", target), 2,
+                   "is a file, not a folder")
     assert target.read_bytes() == b"not a folder"
 
 
@@ -180,7 +181,7 @@ def start_held_run(tmp_path, *extra):
     return process, run
 
 
-def test_a_run_in_training_is_locked_and_sigterm_keeps_its_epochs(tmp_path):
+def test_a_run_in_training_is_locked_and_sigterm_keeps_its_epochs(capsys, tmp_path):
     process, run = start_held_run(tmp_path)
     try:
         holder = json.loads(lock_path(run).read_text())
@@ -190,7 +191,8 @@ def test_a_run_in_training_is_locked_and_sigterm_keeps_its_epochs(tmp_path):
         for args in (["train", "--limit", "600", "--output-dir", out, "--log-dir", logs,
                       "--overwrite"],
                      ["train", "--resume", run], ["evaluate", run], ["export", run]):
-            assert_refused(run_cli(*args), 1, f"{run} is in use", f"process {process.pid}",
+            assert_refused(main_result(capsys, *args), 1, f"{run} is in use",
+                           f"process {process.pid}",
                            "wait for it to finish or stop it")
         assert file_hashes(run) == before
 
@@ -216,7 +218,7 @@ def test_a_run_in_training_is_locked_and_sigterm_keeps_its_epochs(tmp_path):
     assert (run / "metrics.json").is_file() and not lock_path(run).exists()
 
 
-def test_a_stale_lock_is_taken_over_and_a_garbled_one_refused(run_copy):
+def test_a_stale_lock_is_taken_over_and_a_garbled_one_refused(capsys, run_copy):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     lock = lock_path(run_copy)
@@ -228,7 +230,7 @@ def test_a_stale_lock_is_taken_over_and_a_garbled_one_refused(run_copy):
 
     lock.write_text("\x00\x01 garbage")
     before = file_hashes(run_copy.parent)
-    assert_refused(run_cli("evaluate", run_copy), 1, "which cannot be read",
+    assert_refused(main_result(capsys, "evaluate", run_copy), 1, "which cannot be read",
                    "if no siamese-keras command is working on this run, delete that file")
     assert file_hashes(run_copy.parent) == before
 
@@ -261,7 +263,7 @@ def test_ctrl_c_while_loading_is_one_quiet_line_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "out" / "contrastive_mnist").exists()
 
 
-def test_resume_refuses_data_that_changed_and_a_damaged_checkpoint(tmp_path):
+def test_resume_refuses_data_that_changed_and_a_damaged_checkpoint(capsys, tmp_path):
     process, run = start_held_run(tmp_path)
     process.kill()
     process.wait()
@@ -271,7 +273,7 @@ def test_resume_refuses_data_that_changed_and_a_damaged_checkpoint(tmp_path):
     for i in range(len(flipped) // 2, len(flipped) // 2 + 64):
         flipped[i] ^= 0xFF
     checkpoint.write_bytes(bytes(flipped))
-    assert_refused(run_cli("train", "--resume", run), 1, f"cannot load {checkpoint}",
+    assert_refused(main_result(capsys, "train", "--resume", run), 1, f"cannot load {checkpoint}",
                    "train again with --overwrite")
     assert checkpoint.read_bytes() == bytes(flipped)
     checkpoint.write_bytes(intact)
@@ -280,14 +282,16 @@ def test_resume_refuses_data_that_changed_and_a_damaged_checkpoint(tmp_path):
     config["data_fingerprint"]["sha256"] = "0" * 64  # as if the data had been edited since
     (run / "config.json").write_text(json.dumps(config))
     before = file_hashes(run)
-    assert_refused(run_cli("train", "--resume", run), 1, "has changed since it was trained",
+    assert_refused(main_result(capsys, "train", "--resume", run), 1,
+                   "has changed since it was trained",
                    "restore the data or train a new run")
     assert file_hashes(run) == before
 
 
 # --- data that changed after training ------------------------------------------------------
 
-def test_evaluate_refuses_a_folder_that_changed_and_never_overwrites_metrics(tmp_path, mnist):
+def test_evaluate_refuses_a_folder_that_changed_and_never_overwrites_metrics(capsys, tmp_path,
+                                                                            mnist):
     root = tmp_path / "digits"
     for digit in (0, 1, 7):
         (root / f"d{digit}").mkdir(parents=True)
@@ -301,7 +305,7 @@ def test_evaluate_refuses_a_folder_that_changed_and_never_overwrites_metrics(tmp
 
     Image.fromarray(mnist.x_test[0, ..., 0]).save(root / "d7" / "new.png")
     before = file_hashes(run)
-    assert_refused(run_cli("evaluate", run), 1, "has changed since it was trained",
+    assert_refused(main_result(capsys, "evaluate", run), 1, "has changed since it was trained",
                    "(30 training / 6 test images then, 30 training / 7 test now)",
                    "pass --changed-data")
     assert file_hashes(run) == before
@@ -362,10 +366,10 @@ def test_full_disk_for_the_projector(tmp_path, small_disk):
     assert not (tmp_path / "out" / "contrastive_mnist").exists()
 
 
-def test_full_disk_while_exporting(finished, small_disk):
+def test_full_disk_while_exporting(capsys, finished, small_disk):
     disk = small_disk(500)
     before = file_hashes(finished)
-    assert_refused(run_cli("export", finished, "--out", disk / "model"), 1,
+    assert_refused(main_result(capsys, "export", finished, "--out", disk / "model"), 1,
                    f"cannot write the SavedModel to {disk / 'model'}")
     assert list(disk.iterdir()) == [] and file_hashes(finished) == before
 
