@@ -390,7 +390,7 @@ def _finish(config: TrainConfig, record: TrainConfig, model: keras.Model, data,
     run_folder.write_metrics(run_dir / run_folder.METRICS, metrics)
     scatter_embeddings(
         models.embed_images(embedding, data.x_test), data.y_test, data.class_names,
-        f"{config.name}: test embeddings after {config.epochs} epochs "
+        f"{config.name}\ntest embeddings after {config.epochs} epochs "
         f"(P@1 {metrics['precision_at_1']:.4f})",
         run_dir / run_folder.EMBEDDING_PLOT,
     )

@@ -146,7 +146,7 @@ def render_frames(history: LatentHistory, run_dir, epochs=None) -> list:
         if epoch not in wanted:
             continue
         loss = history.losses[i]
-        title = f"{history.title}: epoch {epoch}, " + (
+        title = f"{history.title}\nepoch {epoch}, " + (
             "untrained" if epoch == 0 else f"training loss {loss:.4f}")
         if note:
             title += f"\n{note}"

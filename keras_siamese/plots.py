@@ -69,6 +69,8 @@ def scatter_embeddings(embeddings, labels, class_names, title: str, path, limits
     if limits is not None:
         ax.set_xlim(*limits[0])
         ax.set_ylim(*limits[1])
+    # Callers put the run's name on a line of its own: a long name on one line with the
+    # rest ran past the figure's left edge.
     ax.set_title(title if not projection else f"{title}\n{projection}")
     legend = ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=4,
                        frameon=False)
