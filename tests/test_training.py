@@ -76,11 +76,15 @@ def test_same_seed_same_weights_and_overwrite(tmp_path):
     b = keras.models.load_model(tmp_path / "out" / "b" / "model.keras")
     for wa, wb in zip(a.weights, b.weights):
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())  # bit-identical on CPU
-    # --overwrite replaces the run with a fresh one, here with another seed.
-    train(tmp_path, "--loss", "contrastive", "--epochs", "2", "--limit", "300", "--seed", "8",
-          "--run-name", "a", "--overwrite")
+    # --overwrite replaces the run with a fresh one, here with another seed and without
+    # the first one's frames, projector and export, none of which may be left behind.
+    train(tmp_path, "--loss", "contrastive", "--epochs", "1", "--limit", "300", "--seed", "8",
+          "--run-name", "a", "--overwrite", "--no-frames", "--no-projector", "--no-export")
     c = keras.models.load_model(tmp_path / "out" / "a" / "model.keras")
     assert json.loads((tmp_path / "out" / "a" / "config.json").read_text())["seed"] == 8
+    assert not any((tmp_path / "out" / "a" / name).exists()
+                   for name in ("saved_model", "frames", "latent.gif"))
+    assert not (tmp_path / "logs" / "a" / "projector").exists()
     assert any(not np.array_equal(wa.numpy(), wc.numpy()) for wa, wc in zip(a.weights, c.weights))
 
 
