@@ -116,8 +116,8 @@ def _mend_keras_distributed_fit() -> None:
        it fails whenever the first validation batch splits unevenly (15 images on two
        replicas: ``AddN ... [8,32,32,1] != [7,32,32,1]``). Any one replica's batch has
        the shapes.
-    2. Multi-worker only: ``reduce_per_replica`` averages each step's scalar loss and metrics with
-       ``strategy.reduce("MEAN", v, axis=0)``, which fails on 0-d values ("Invalid
+    2. Multi-worker only: ``reduce_per_replica`` averages each step's scalar loss and
+       metrics with ``strategy.reduce("MEAN", v, axis=0)``, which fails on 0-d values ("Invalid
        reduction dimension 0"). ``axis=None`` is the mean across replicas that the
        single-worker path computes.
 

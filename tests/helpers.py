@@ -34,18 +34,24 @@ def main_result(capsys, *args) -> subprocess.CompletedProcess:
     call), as :func:`run_cli` reports a process: exit code, stdout and stderr. Its signal
     handlers are undone. For refusals and short commands; the process-level behaviour
     (exit status, TensorFlow's own stderr lines) is checked through the console script."""
-    from keras_siamese.cli.main import main
-
     args = [str(a) for a in args]
     capsys.readouterr()  # drop what the test printed before
+    code = call_main(*args)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def call_main(*args) -> int:
+    """The command line's ``main(args)`` in this process, its exit code; the signal
+    handlers it installs are undone."""
+    from keras_siamese.cli.main import main
+
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = main(args)
+        return main([str(a) for a in args])
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def run_main(capsys, *args) -> tuple[int, list[str]]:

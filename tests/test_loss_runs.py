@@ -11,29 +11,18 @@ others skip those to keep the module near a minute on two cores."""
 import csv
 import json
 import math
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from helpers import call_main
 from keras_siamese import models, run_folder
 
 LOSSES = ["multi-similarity", "circle", "supcon", "proxy-anchor", "arcface", "cosface"]
 FULL = "arcface"  # the class-proxy model: its SavedModel must hold the embedding net only
 QUICK = ["--epochs", "1", "--limit", "500", "--dataset", "mnist"]
-
-
-def _main(*args) -> int:
-    from keras_siamese.cli.main import main
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return main([str(a) for a in args])
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def runs(tmp_path_factory):
     for loss in LOSSES:
         extra = (["--frame-images", "200"] if loss == FULL else
                  ["--no-frames", "--no-projector", "--no-export"])
-        code = _main("train", "--loss", loss, *QUICK, *extra, "--output-dir", root / "out",
+        code = call_main("train", "--loss", loss, *QUICK, *extra, "--output-dir", root / "out",
                      "--log-dir", root / "logs")
         done[loss] = code, root / "out" / f"{loss}_mnist"
     return done
